@@ -1,0 +1,213 @@
+"""Operators J, Jᵀ, Θ and the KPFlow factors against dense Jacobians and analytic cases."""
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import lineax as lx
+import numpy as np
+import pytest
+
+import diffrax_sntk as ds
+
+from .helpers import B, N, O, T, dense_jacobian, flat_params, small_ctrnn, small_problem
+
+
+@pytest.fixture(scope="module")
+def case():
+    model, problem = small_ctrnn(), small_problem()
+    theta = ds.sntk_operator(model, problem)
+    # Built and materialised inside jit (vmapped matvecs).
+    theta_mat = np.asarray(
+        eqx.filter_jit(lambda m: ds.sntk_operator(m, problem).as_matrix())(model)
+    )
+    jac = dense_jacobian(model, problem)
+    return model, problem, theta, theta_mat, jac
+
+
+def test_theta_matches_dense(case):
+    _, _, theta, theta_mat, jac = case
+    dense = jac @ jac.T
+    assert theta_mat.shape == (B * T * N, B * T * N)
+    assert np.max(np.abs(theta_mat - dense)) <= 1e-8 * np.max(np.abs(dense))
+    assert lx.is_symmetric(theta) and lx.is_positive_semidefinite(theta)
+    assert theta.transpose() is theta
+
+
+def test_dot_product_and_jacobian_matrix(case, getkey):
+    model, problem, _, _, jac = case
+    J = ds.jacobian_operator(model, problem)
+    params = flat_params(model)
+    u = jax.tree_util.tree_map(lambda x: jr.normal(getkey(), x.shape), params)
+    v = jr.normal(getkey(), (B, T, N))
+    ju = eqx.filter_jit(lambda op, x: op.mv(x))(J, u)
+    jtv = eqx.filter_jit(lambda op, x: op.transpose().mv(x))(J, v)
+    lhs = jnp.vdot(ju, v)
+    rhs = sum(jnp.vdot(a, b) for a, b in zip(jax.tree_util.tree_leaves(u),
+                                             jax.tree_util.tree_leaves(jtv)))
+    assert abs(lhs - rhs) <= 1e-10 * abs(lhs)
+    # J.as_matrix (vmapped tangent solves) equals jax.jacrev of simulate.
+    jmat = np.asarray(eqx.filter_jit(lambda op: op.as_matrix())(J))
+    assert np.max(np.abs(jmat - jac)) <= 1e-8 * np.max(np.abs(jac))
+
+
+def test_output_space_kernel(case):
+    # Θ_out = C Θ Cᵀ + (x_aᵀ x_b + 1) I_O: the readout parameters C, d add the second term.
+    model, problem, _, theta_mat, _ = case
+    # Built inside jit, from the output-space Jacobian (tangent solves only).
+    j_out = eqx.filter_jit(
+        lambda m: ds.jacobian_operator(m, problem, space="output").as_matrix()
+    )(model)
+    theta_out = np.asarray(j_out @ j_out.T)
+    assert ds.sntk_operator(model, problem, space="output").in_structure().shape == (B, T, O)
+    xs = np.asarray(ds.simulate(model, problem)).reshape(B * T, N)
+    C = np.asarray(model.C)
+    big_c = np.kron(np.eye(B * T), C)
+    expected = big_c @ theta_mat @ big_c.T + np.kron(xs @ xs.T + 1.0, np.eye(O))
+    assert np.max(np.abs(theta_out - expected)) <= 1e-8 * np.max(np.abs(expected))
+
+
+def test_kpflow_factors_compose_to_theta(case):
+    model, problem, _, theta_mat, _ = case
+    order = 6
+    P = ds.propagator(model, problem, order=order)
+    K = ds.parameter_operator(model, problem, order=order)
+    Ps = ds.adjoint_propagator(model, problem, order=order)
+    mats = eqx.filter_jit(lambda a, b, c: (a.as_matrix(), b.as_matrix(), c.as_matrix()))(P, K, Ps)
+    composed = mats[0] @ mats[1] @ mats[2]
+    assert np.max(np.abs(composed - theta_mat)) <= 1e-8 * np.max(np.abs(theta_mat))
+    # P* is the adjoint of P in the quadrature inner product: Pᵀ = W P*.
+    _, w = ds.quadrature_grid(problem, order)
+    wdiag = np.tile(np.repeat(np.asarray(w), N), B)
+    np.testing.assert_allclose(mats[0].T, wdiag[:, None] * mats[2], rtol=1e-9, atol=1e-12)
+
+
+def test_linear_model_analytic():
+    # dx/dt = W x at W = λ I: Θ = ‖x0‖² g gᵀ ⊗ I_N, g_k = t_k e^{λ t_k}; PR exactly N.
+    lam, n = -0.3, 3
+
+    class Linear(eqx.Module):
+        W: jax.Array
+
+        def __call__(self, t, x, u):
+            return self.W @ x
+
+    model = Linear(lam * jnp.eye(n))
+    ts = jnp.linspace(0.4, 4.0, 10)
+    x0 = jnp.array([1.0, -2.0, 0.5])
+    problem = ds.TrajectoryProblem(ts, x0)
+    jmat = np.asarray(ds.jacobian_operator(model, problem).as_matrix())
+    theta = jmat @ jmat.T
+    g = np.asarray(ts * jnp.exp(lam * ts))
+    expected = float(x0 @ x0) * np.kron(np.outer(g, g), np.eye(n))
+    assert np.max(np.abs(theta - expected)) <= 1e-7 * np.max(np.abs(expected))
+    eig = np.linalg.eigvalsh(theta)
+    pr = eig.sum() ** 2 / (eig**2).sum()
+    assert abs(pr - n) < 1e-6
+
+
+def _pitchfork(t, y, args):
+    return args["mu"] * y - y**3 + args["b"]
+
+
+def test_fixed_point_hazard_defaults():
+    # dx/dt = μx − x³ + b at b = 0, x0 = 0: x ≡ 0, so a primal-only controller takes huge
+    # steps; the sensitivity to b is (1 − e^{μt})/|μ|. Wrapped from a plain diffrax field.
+    mu = -1.0
+    model = ds.VectorField(_pitchfork, {"mu": jnp.array(mu), "b": jnp.array(0.0)})
+    ts = jnp.array([1.0, 5.0, 20.0])
+    problem = ds.TrajectoryProblem(ts, jnp.zeros((1, 1)))
+    # Columns of J (parameter order: b, mu) by vmapped tangent solves.
+    jmat = np.asarray(ds.jacobian_operator(model, problem).as_matrix())
+    sens = jmat[:, 0]
+    exact = (1 - np.exp(mu * np.asarray(ts))) / abs(mu)
+    np.testing.assert_allclose(sens, exact, rtol=1e-6)
+    # Θ is exactly rank one (∂f/∂μ = x = 0 along the trajectory).
+    np.testing.assert_allclose(jmat[:, 1], 0.0, atol=1e-12)
+    theta = jmat @ jmat.T
+    np.testing.assert_allclose(theta, np.outer(exact, exact), rtol=1e-6, atol=1e-12)
+    assert np.linalg.matrix_rank(theta, tol=1e-8 * np.abs(theta).max()) == 1
+
+
+def test_primal_only_controller_is_wrong_here():
+    # Documents why the default watches a probe tangent: without it the answer is garbage.
+    model = ds.VectorField(_pitchfork, {"mu": jnp.array(-1.0), "b": jnp.array(0.0)})
+    problem = ds.TrajectoryProblem(jnp.array([20.0]), jnp.zeros((1, 1)), tangent_control=False)
+    sens = ds.jacobian_operator(model, problem).mv(
+        ds.VectorField(_pitchfork, {"mu": jnp.array(0.0), "b": jnp.array(1.0)})
+    )
+    assert abs(float(sens.reshape(())) - 1.0) > 1e-2
+
+
+def test_float32_jit_constant_steps_matches_float64():
+    # The measured hazard: float32 VJP under jit, constant steps, saves on the step grid.
+    def build(dtype):
+        model = ds.CTRNN(4, key=jr.PRNGKey(0), gain=0.8, dtype=dtype)
+        ts = (0.2 * jnp.arange(1, 101)).astype(dtype)
+        problem = ds.TrajectoryProblem(
+            ts, jnp.ones((1, 4), dtype), solver=dfx.Euler(),
+            stepsize_controller=dfx.ConstantStepSize(), dt0=0.2, max_steps=200,
+        )
+        return model, problem
+
+    v = jr.normal(jr.PRNGKey(1), (1, 100, 4))
+    m32, p32 = build(jnp.float32)
+    m64, p64 = build(jnp.float64)
+    f = eqx.filter_jit(lambda m, p, vec: ds.sntk_operator(m, p).mv(vec))
+    out32 = np.asarray(f(m32, p32, v.astype(jnp.float32)), np.float64)
+    out64 = np.asarray(f(m64, p64, v))
+    assert out32.dtype == np.float64 and np.all(np.isfinite(out32))
+    assert np.max(np.abs(out32 - out64)) <= 1e-4 * np.max(np.abs(out64))
+
+
+def test_simulate_vmaps_over_models():
+    model, problem = small_ctrnn(), small_problem()
+    models = eqx.filter_vmap(lambda s: eqx.tree_at(lambda m: m.b, model, model.b * s))(
+        jnp.array([1.0, 0.5])
+    )
+    ys = eqx.filter_jit(eqx.filter_vmap(lambda m: ds.simulate(m, problem)))(models)
+    assert ys.shape == (2, B, T, N)
+    np.testing.assert_allclose(ys[0], ds.simulate(model, problem), rtol=1e-10)
+
+
+# --- bad input
+
+
+def test_bad_problem_inputs():
+    y0 = jnp.zeros((2, 3))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        ds.TrajectoryProblem(jnp.array([1.0, 0.5]), y0)
+    with pytest.raises(ValueError, match="`y0`"):
+        ds.TrajectoryProblem(jnp.array([1.0]), jnp.zeros((2, 3, 1)))
+    with pytest.raises(ValueError, match="`inputs`"):
+        ds.TrajectoryProblem(jnp.array([1.0]), y0, jnp.zeros((3, 4, 2)), input_ts=jnp.linspace(0, 1, 4))
+    with pytest.raises(ValueError, match="`input_ts`"):
+        ds.TrajectoryProblem(jnp.array([2.0]), y0, jnp.zeros((2, 4, 2)), input_ts=jnp.linspace(0, 1, 4))
+    with pytest.raises(ValueError, match="`ts\\[0\\]`"):
+        ds.TrajectoryProblem(jnp.array([1.0]), y0, t0=2.0)
+
+
+def test_bad_model_and_vectors():
+    model = small_ctrnn()
+    problem = small_problem()
+    wrong_state = ds.TrajectoryProblem(jnp.array([1.0]), jnp.zeros((2, 5)))
+    with pytest.raises(ValueError, match="state"):
+        ds.sntk_operator(ds.CTRNN(3, key=jr.PRNGKey(0)), wrong_state)
+    bad = eqx.tree_at(lambda m: m.W, model, model.W.at[0, 0].set(jnp.nan))
+    with pytest.raises(ValueError, match="non-finite"):
+        ds.simulate(bad, problem)
+    theta = ds.sntk_operator(model, problem)
+    with pytest.raises(ValueError, match="`vector`"):
+        theta.mv(jnp.zeros((B, T, N + 1)))
+    with pytest.raises(ValueError, match="space"):
+        ds.sntk_operator(model, problem, space="params")
+    with pytest.raises(TypeError, match="`problem`"):
+        ds.sntk_operator(model, "not a problem")
+
+
+def test_max_steps_error_is_clear():
+    model = ds.CTRNN(2, key=jr.PRNGKey(0))
+    problem = ds.TrajectoryProblem(jnp.array([50.0]), jnp.ones((1, 2)), max_steps=3)
+    with pytest.raises(Exception, match="max_steps"):
+        jax.block_until_ready(ds.simulate(model, problem))
