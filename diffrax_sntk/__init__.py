@@ -24,6 +24,21 @@ from ._operators import (
 # --- spectral toolkit (issue 3)
 
 # --- fixed points, bifurcations, normal forms (issue 4)
+from ._bifurcation import Bifurcation as Bifurcation
+from ._bifurcation import Branch as Branch
+from ._bifurcation import continuation as continuation
+from ._fixed_points import FixedPoints as FixedPoints
+from ._fixed_points import Spectrum as Spectrum
+from ._fixed_points import find_fixed_points as find_fixed_points
+from ._fixed_points import jacobian_spectrum as jacobian_spectrum
+from ._normal_forms import AbstractNormalForm as AbstractNormalForm
+from ._normal_forms import BranchPointNormalForm as BranchPointNormalForm
+from ._normal_forms import FoldNormalForm as FoldNormalForm
+from ._normal_forms import HopfNormalForm as HopfNormalForm
+from ._normal_forms import lyapunov_coefficient as lyapunov_coefficient
+from ._normal_forms import normal_form_coefficients as normal_form_coefficients
+from ._tracking import BifurcationTrack as BifurcationTrack
+from ._tracking import track_bifurcations as track_bifurcations
 
 # --- bifurcation channels (issue 5)
 

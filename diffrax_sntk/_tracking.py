@@ -1,0 +1,282 @@
+"""Tracking equilibria and their bifurcations along a sequence of parameter pytrees (e.g. the
+checkpoints of a training run)."""
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Complex, Float, PyTree
+
+from ._bifurcation import Bifurcation, continue_family, make_bifurcation, make_options
+from ._fixed_points import check_params, check_vector_field, find_fixed_points, newton_root
+from ._normal_forms import LineFamily
+
+
+class BifurcationTrack(eqx.Module):
+    """Equilibria and bifurcations tracked along a sequence of `K` parameter checkpoints.
+
+    **Fields:**
+
+    - `states`: `(K, B, N)` the `B` tracked equilibria at each checkpoint.
+    - `converged`: `(K, B)` Newton converged at that checkpoint (warm-started from the previous).
+    - `alive`: `(K, B)` the branch is still the one followed from checkpoint 0 (it is lost after a
+        fold, a failed segment continuation or a jump to another equilibrium).
+    - `eigenvalues`: `(K, B, N)` Jacobian eigenvalues, matched across checkpoints by eigenvector
+        overlap, so `eigenvalues[:, b, j]` is one eigenvalue's trajectory.
+    - `bifurcations`: every detected bifurcation; `parameter` is the fractional checkpoint index
+        `k + s` (parameters interpolated linearly between checkpoints `k` and `k + 1`), `branch`
+        the branch index. Normal-form coefficients are with respect to that interpolation `s`.
+    - `status`: `"completed"`, or `"no_fixed_points"` when no start converged at checkpoint 0.
+    """
+
+    states: Float[Array, "checkpoints branches state"]
+    converged: Bool[Array, "checkpoints branches"]
+    alive: Bool[Array, "checkpoints branches"]
+    eigenvalues: Complex[Array, "checkpoints branches state"]
+    bifurcations: tuple[Bifurcation, ...]
+    status: str = eqx.field(static=True)
+
+    @property
+    def num_branches(self) -> int:
+        return self.states.shape[1]
+
+
+def _greedy_assignment(score):
+    n = score.shape[0]
+
+    def body(_, carry):
+        score, perm = carry
+        flat = jnp.argmax(score)
+        i, j = flat // n, (flat % n).astype(jnp.int32)
+        perm = perm.at[i].set(j)
+        score = score.at[i, :].set(-jnp.inf).at[:, j].set(-jnp.inf)
+        return score, perm
+
+    return jax.lax.fori_loop(0, n, body, (score, jnp.zeros((n,), jnp.int32)))[1]
+
+
+def _match(prev_vecs, prev_vals, vals, vecs):
+    """Assigns new eigenpairs to the previous ones by eigenvector overlap (jittable): row-wise
+    best match when that is already a permutation (the usual case between nearby checkpoints),
+    else greedy global-maximum assignment."""
+    n = vals.shape[0]
+    overlap = jnp.abs(jnp.conj(prev_vecs).T @ vecs)
+    scale = 1 + jnp.max(jnp.abs(prev_vals))
+    score = overlap - 0.5 * jnp.abs(prev_vals[:, None] - vals[None, :]) / scale
+    best = jnp.argmax(score, axis=1).astype(jnp.int32)
+    is_perm = jnp.all(jnp.zeros((n,), jnp.int32).at[best].add(1) == 1)
+    perm = jax.lax.cond(is_perm, lambda: best, lambda: _greedy_assignment(score))
+    return vals[perm], vecs[:, perm]
+
+
+def _signature(vals):
+    scale = jnp.maximum(1.0, jnp.max(jnp.abs(vals)))
+    real = jnp.abs(vals.imag) <= 1e3 * jnp.finfo(vals.real.dtype).eps * scale
+    neg = real & (vals.real < 0)
+    zero = real & (vals.real == 0)
+    det_sign = jnp.where(jnp.any(zero), 0, jnp.where(jnp.sum(neg) % 2 == 1, -1, 1))
+    unstable = vals.real > 0
+    return jnp.stack(
+        [det_sign, jnp.sum(unstable), jnp.sum(unstable & ~real), jnp.sum(~real)]
+    ).astype(jnp.int32)
+
+
+@eqx.filter_jit
+def _scan(vector_field, static, dyn_seq, x0, rtol, atol, max_steps, match):
+    p0 = eqx.combine(jtu.tree_map(lambda a: a[0], dyn_seq), static)
+
+    def spectrum(x, p):
+        A = jax.jacfwd(vector_field)(x, p)
+        vals, vecs = jnp.linalg.eig(A)
+        order = jnp.lexsort((-vals.imag, -vals.real))
+        return vals[order], vecs[:, order]
+
+    vals0, vecs0 = jax.vmap(lambda x: spectrum(x, p0))(x0)
+
+    def body(carry, p_dyn):
+        x_prev, vals_prev, vecs_prev = carry
+        p = eqx.combine(p_dyn, static)
+        xs, oks, _ = jax.vmap(
+            lambda x: newton_root(lambda y, a: vector_field(y, a), x, p, rtol, atol, max_steps)
+        )(x_prev)
+        x_carry = jnp.where(oks[:, None], xs, x_prev)
+        vals, vecs = jax.vmap(lambda x: spectrum(x, p))(x_carry)
+        sig = jax.vmap(_signature)(vals)
+        if match:
+            if x0.shape[0] <= 8:
+                # Unrolled over the few branches so `lax.cond` skips the greedy fallback.
+                pairs = [
+                    _match(vecs_prev[b], vals_prev[b], vals[b], vecs[b])
+                    for b in range(x0.shape[0])
+                ]
+                vals = jnp.stack([v for v, _ in pairs])
+                vecs = jnp.stack([v for _, v in pairs])
+            else:
+                vals, vecs = jax.vmap(_match)(vecs_prev, vals_prev, vals, vecs)
+        return (x_carry, vals, vecs), (xs, oks, vals, sig)
+
+    _, out = jax.lax.scan(body, (x0, vals0, vecs0), dyn_seq)
+    return out
+
+
+def _stack_sequence(params_sequence):
+    if isinstance(params_sequence, list):
+        if len(params_sequence) < 2:
+            raise ValueError("`params_sequence` must hold at least two checkpoints")
+        structures = {jtu.tree_structure(p) for p in params_sequence}
+        if len(structures) != 1:
+            raise ValueError("`params_sequence`: all checkpoints must share one pytree structure")
+        dyn = [eqx.filter(p, eqx.is_array) for p in params_sequence]
+        static = eqx.partition(params_sequence[0], eqx.is_array)[1]
+        return jtu.tree_map(lambda *xs: jnp.stack(xs), *dyn), static
+    dyn, static = eqx.partition(params_sequence, eqx.is_array)
+    leaves = jtu.tree_leaves(dyn)
+    if not leaves:
+        raise ValueError("`params_sequence` has no array leaves with a leading checkpoint axis")
+    sizes = {jnp.shape(a)[0] if jnp.ndim(a) > 0 else None for a in leaves}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(
+            "`params_sequence` must be a list of pytrees or a pytree whose array leaves share a "
+            f"leading checkpoint axis; got leading sizes {sorted(map(str, sizes))}"
+        )
+    if next(iter(sizes)) < 2:
+        raise ValueError("`params_sequence` must hold at least two checkpoints")
+    return dyn, static
+
+
+def track_bifurcations(
+    vector_field: Callable,
+    params_sequence: PyTree,
+    initial_states: Float[ArrayLike, "points state"],
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    newton_max_steps: int = 20,
+    jump_tol: float = 0.5,
+    match_eigenvalues: bool = True,
+    detect_bifurcations: bool = True,
+    parameter_tol: float | None = None,
+    symmetry_tol: float | None = None,
+) -> BifurcationTrack:
+    """Tracks the equilibria of `vector_field(x, params_k)` along checkpoints `k = 0..K-1` and
+    reports every bifurcation with its fractional checkpoint index.
+
+    1. Multi-start Newton (`find_fixed_points`) at checkpoint 0; the distinct converged fixed
+       points are the tracked branches.
+    2. One jitted `lax.scan` over checkpoints (`vmap` over branches): Newton warm-started from the
+       previous checkpoint, the Jacobian spectrum, and eigenvalue matching by eigenvector overlap.
+    3. Every segment `[k, k+1]` where a test function changes (sign of `det A`, number of
+       unstable or complex-unstable eigenvalues, the sign of a matched eigenvalue's real part),
+       Newton fails, or the state jumps, is re-examined by pseudo-arclength continuation in
+       `s ∈ [0, 1]` along `params(s) = (1 - s)·params_k + s·params_{k+1}` (inexact leaves), which
+       localises, classifies and computes normal forms exactly as `continuation` does.
+
+    **Arguments:**
+
+    - `vector_field`: `vector_field(x, params) -> dx/dt`.
+    - `params_sequence`: a pytree whose array leaves have a leading checkpoint axis (e.g. stacked
+        training checkpoints), or a `list` of pytrees.
+    - `initial_states`: `(M, N)` starting guesses at checkpoint 0.
+    - `rtol`, `atol`, `newton_max_steps`: Newton settings (default tolerance `eps^(2/3)`).
+    - `jump_tol`: a segment is re-examined if `‖x_{k+1} - x_k‖∞ > jump_tol·(1 + ‖x_k‖∞)`.
+    - `match_eigenvalues`: match eigenvalues across checkpoints by eigenvector overlap.
+    - `detect_bifurcations`: run the segment continuations.
+    - `parameter_tol`, `symmetry_tol`: as for `continuation` (in units of `s`).
+
+    **Returns:**
+
+    A `BifurcationTrack`.
+    """
+    initial_states = jnp.asarray(initial_states)
+    if initial_states.ndim != 2:
+        raise ValueError(f"`initial_states` must have shape (M, N), got {initial_states.shape}")
+    if not jnp.issubdtype(initial_states.dtype, jnp.floating):
+        initial_states = initial_states.astype(jnp.result_type(float))
+    dyn_seq, static = _stack_sequence(params_sequence)
+    check_params(dyn_seq, "params_sequence")
+    num = jtu.tree_leaves(dyn_seq)[0].shape[0]
+    at = lambda k: eqx.combine(jtu.tree_map(lambda a: a[k], dyn_seq), static)
+    p_first = at(0)
+    check_vector_field(vector_field, initial_states[0], p_first)
+    dtype = initial_states.dtype
+    opts = make_options(dtype, rtol, atol, newton_max_steps, parameter_tol, symmetry_tol)
+    n = initial_states.shape[1]
+
+    fps = find_fixed_points(
+        vector_field, p_first, initial_states, rtol=opts.rtol, atol=opts.atol,
+        max_steps=max(64, newton_max_steps), slow_points=False, spectra=False,
+    )
+    x0 = fps.states[np.asarray(fps.unique)]
+    if x0.shape[0] == 0:
+        return BifurcationTrack(
+            states=jnp.zeros((num, 0, n), dtype),
+            converged=jnp.zeros((num, 0), bool),
+            alive=jnp.zeros((num, 0), bool),
+            eigenvalues=jnp.zeros((num, 0, n), jnp.result_type(dtype, jnp.complex64)),
+            bifurcations=(),
+            status="no_fixed_points",
+        )
+    xs, oks, vals, sig = _scan(
+        vector_field, static, dyn_seq, x0, opts.rtol, opts.atol, opts.newton_max_steps,
+        match_eigenvalues,
+    )
+    xs_np, oks_np = np.asarray(xs), np.asarray(oks)
+    vals_np, sig_np = np.asarray(vals), np.asarray(sig)
+    nb = x0.shape[0]
+    alive = np.ones((num, nb), bool)
+    alive &= np.logical_and.accumulate(oks_np, axis=0)
+    found: list[Bifurcation] = []
+    if detect_bifurcations:
+        changed = np.any(sig_np[1:] != sig_np[:-1], axis=-1)
+        re = np.sign(vals_np.real)
+        changed |= np.any(re[1:] != re[:-1], axis=-1)
+        changed |= ~oks_np[1:]
+        step = np.max(np.abs(xs_np[1:] - xs_np[:-1]), axis=-1)
+        changed |= step > jump_tol * (1 + np.max(np.abs(xs_np[:-1]), axis=-1))
+        family = LineFamily(vector_field, static)
+        for b in range(nb):
+            for k in np.where(changed[:, b])[0]:
+                if not alive[k, b]:
+                    break
+                pa = jtu.tree_map(lambda a: a[k], dyn_seq)
+                pb = jtu.tree_map(lambda a: a[k + 1], dyn_seq)
+                direction = jtu.tree_map(
+                    lambda u, v: v - u if jnp.issubdtype(u.dtype, jnp.inexact) else u, pa, pb
+                )
+                res = continue_family(
+                    family, (pa, direction), jnp.asarray(xs_np[k, b]), 0.0, 1.0,
+                    step_size=0.05, max_step_size=0.25, min_step_size=None, max_steps=200,
+                    detect=True, opts=opts,
+                )
+                found += [make_bifurcation(d, k + d["s"], branch=b) for d in res["found"]]
+                end_ok = res["status"] == "completed" and oks_np[k + 1, b]
+                if end_ok:
+                    x_end = res["ys"][-1][:-1]
+                    gap = np.max(np.abs(x_end - xs_np[k + 1, b]))
+                    end_ok = gap <= 1e3 * opts.atol * (1 + np.max(np.abs(x_end)))
+                if not end_ok:
+                    alive[k + 1 :, b] = False
+                    break
+    found.sort(key=lambda bf: (bf.branch, float(bf.parameter)))
+    # A bifurcation exactly at a checkpoint is seen by both adjacent segments: keep one.
+    unique: list[Bifurcation] = []
+    for bf in found:
+        if unique and unique[-1].branch == bf.branch and unique[-1].kind == bf.kind and abs(
+            float(unique[-1].parameter) - float(bf.parameter)
+        ) <= 1e3 * opts.parameter_tol:
+            continue
+        unique.append(bf)
+    found = sorted(unique, key=lambda bf: float(bf.parameter))
+    return BifurcationTrack(
+        states=xs,
+        converged=oks,
+        alive=jnp.asarray(alive),
+        eigenvalues=vals,
+        bifurcations=tuple(found),
+        status="completed",
+    )
+
+

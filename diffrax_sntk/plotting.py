@@ -1,0 +1,97 @@
+"""Matplotlib figures (optional; matplotlib is imported lazily inside each function)."""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+_MARKERS = {
+    "fold": ("s", "LP"),
+    "transcritical": ("D", "BP"),
+    "pitchfork": ("D", "BP"),
+    "hopf": ("o", "H"),
+}
+
+
+def _segments(stable: np.ndarray, boundary: np.ndarray):
+    """Runs `[i, j]` of polyline segments with one stability (a boundary point — a bifurcation —
+    takes the stability of the segment on its other side)."""
+    n = len(stable)
+    seg = [bool(stable[j + 1] if boundary[j] else stable[j]) for j in range(n - 1)]
+    start = 0
+    for j in range(1, len(seg) + 1):
+        if j == len(seg) or seg[j] != seg[start]:
+            yield start, j, seg[start]
+            start = j
+
+
+def plot_bifurcation_diagram(
+    branch: Any | Sequence[Any],
+    *,
+    component: int = 0,
+    observable: Callable[[np.ndarray], float] | None = None,
+    ax: Any = None,
+    color: Any = None,
+    label: str | None = None,
+    annotate: bool = True,
+    xlabel: str = "parameter",
+    ylabel: str | None = None,
+):
+    """Bifurcation diagram of one or more `Branch`es from `ds.continuation`.
+
+    Stable parts are drawn solid, unstable parts dashed; each detected bifurcation is marked
+    (square: fold "LP", diamond: branch point "BP", circle: Hopf "H").
+
+    **Arguments:**
+
+    - `branch`: a `Branch` or a sequence of them.
+    - `component`: the state component plotted (ignored when `observable` is given).
+    - `observable`: maps a state `(N,)` to the plotted scalar, e.g. `np.linalg.norm`.
+    - `ax`: a matplotlib `Axes` (default: a new figure).
+    - `color`, `label`: line colour and legend label (applied to the first branch).
+    - `annotate`: write the bifurcation labels next to the markers.
+    - `xlabel`, `ylabel`: axis labels.
+
+    **Returns:**
+
+    The matplotlib `Axes`.
+    """
+    import matplotlib.pyplot as plt
+
+    branches = [branch] if hasattr(branch, "parameters") else list(branch)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.5))
+    obs = observable if observable is not None else (lambda x: x[component])
+    for i, br in enumerate(branches):
+        mu = list(np.asarray(br.parameters, dtype=float))
+        ys = [float(obs(np.asarray(x))) for x in np.asarray(br.states)]
+        stable = list(np.asarray(br.stable))
+        boundary = [False] * len(mu)
+        # Insert each bifurcation into the polyline so that the line style switches there.
+        for bif in sorted(br.bifurcations, key=lambda b: -b.index):
+            j = min(bif.index + 1, len(mu))
+            mu.insert(j, float(bif.parameter))
+            ys.insert(j, float(obs(np.asarray(bif.state))))
+            stable.insert(j, False)
+            boundary.insert(j, True)
+        mu, ys = np.asarray(mu), np.asarray(ys)
+        col = color if color is not None else ("k" if i == 0 else f"C{i % 10}")
+        if len(mu) == 1:
+            ax.plot(mu, ys, "o", color=col)
+        for a, b, st in _segments(np.asarray(stable), np.asarray(boundary)):
+            ax.plot(
+                mu[a : b + 1], ys[a : b + 1], color=col, linestyle="-" if st else "--", lw=1.6,
+                label=(label if (i == 0 and a == 0) else None),
+            )
+        for bif in br.bifurcations:
+            marker, text = _MARKERS.get(bif.kind, ("x", bif.kind))
+            y = obs(np.asarray(bif.state))
+            p = float(bif.parameter)
+            ax.plot([p], [y], marker=marker, color="C3", ms=7, linestyle="none")
+            if annotate:
+                ax.annotate(text, (p, y), textcoords="offset points", xytext=(5, 5), fontsize=9)
+    ax.set_xlabel(xlabel)
+    if ylabel is None:
+        ylabel = "observable" if observable is not None else f"x[{component}]"
+    ax.set_ylabel(ylabel)
+    return ax
