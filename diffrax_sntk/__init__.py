@@ -22,6 +22,14 @@ from ._operators import (
 )
 
 # --- spectral toolkit (issue 3)
+from ._partial_trace import partial_trace as partial_trace
+from ._spectral import Eigenpairs as Eigenpairs
+from ._spectral import top_eigenpairs as top_eigenpairs
+from ._trace_estimators import alignment as alignment
+from ._trace_estimators import effective_rank as effective_rank
+from ._trace_estimators import Estimate as Estimate
+from ._trace_estimators import frobenius_norm_squared as frobenius_norm_squared
+from ._trace_estimators import trace as trace
 
 # --- fixed points, bifurcations, normal forms (issue 4)
 from ._bifurcation import Bifurcation as Bifurcation

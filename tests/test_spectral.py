@@ -1,0 +1,340 @@
+"""Tests for the spectral toolkit: top eigenpairs, trace / Frobenius / effective-rank estimators,
+kernel alignment and partial traces (issue 3).
+
+Compiling the CTRNN sNTK matvec (an adjoint solve plus a tangent solve) takes ~30 s on 2 cores, and
+every jitted function that contains it would compile it again. The CTRNN tests therefore wrap the
+real sNTK in `_HostOperator`-style operator whose matvec is a `pure_callback` into *one* compiled,
+vmapped matvec: the numbers are the sNTK's, the compile is paid once per session. One slow test
+runs the solver on the sNTK operator directly.
+"""
+
+import math
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import lineax as lx
+import numpy as np
+import pytest
+
+import diffrax_sntk as ds
+
+
+B, T, N = 3, 10, 8  # Θ has dimension 240; the CTRNN has 72 parameters, so rank Θ <= 72
+CHUNK = 8
+PSD = (lx.symmetric_tag, lx.positive_semidefinite_tag)
+
+
+def _ctrnn_theta():
+    model = ds.CTRNN(N, key=jr.PRNGKey(0))
+    y0 = jr.normal(jr.PRNGKey(1), (B, N))
+    # Constant steps: the operator is still the exact sNTK of the discretised flow, and it compiles
+    # in half the time of the adaptive default.
+    problem = ds.TrajectoryProblem(
+        jnp.linspace(0.2, 2.0, T), y0, stepsize_controller=dfx.ConstantStepSize(), dt0=0.02
+    )
+    return ds.sntk_operator(model, problem)
+
+
+def _host_operator(theta):
+    """The same operator, with its matvec compiled once and reached through a callback."""
+    struct = theta.in_structure()
+    block = eqx.filter_jit(lambda op, V: jax.vmap(op.mv)(V))
+
+    def host(x):
+        x = np.asarray(x)
+        flat = x.reshape((-1,) + struct.shape)
+        pad = (-flat.shape[0]) % CHUNK
+        flat = np.concatenate([flat, np.zeros((pad,) + struct.shape, flat.dtype)])
+        out = [np.asarray(block(theta, flat[i : i + CHUNK])) for i in range(0, len(flat), CHUNK)]
+        out = np.concatenate(out)[: len(flat) - pad]
+        return out.reshape(x.shape).astype(struct.dtype)
+
+    def mv(v):
+        return jax.pure_callback(host, struct, v, vmap_method="expand_dims")
+
+    return lx.FunctionLinearOperator(mv, struct, PSD)
+
+
+def _dense(op):
+    n = op.in_size()
+    unravel = jax.flatten_util.ravel_pytree(jnp.zeros(op.in_structure().shape))[1]
+    cols = jax.vmap(lambda e: op.mv(unravel(e)).reshape(-1))(jnp.eye(n))
+    M = cols.T
+    return 0.5 * (M + M.T)
+
+
+@pytest.fixture(scope="module")
+def ctrnn():
+    theta = _ctrnn_theta()
+    op = _host_operator(theta)
+    M = _dense(op)
+    evals, evecs = np.linalg.eigh(np.asarray(M))
+    return op, M, evals[::-1], evecs[:, ::-1]
+
+
+def _decaying_psd(key, n, decay, dtype=jnp.float64):
+    Q, _ = jnp.linalg.qr(jr.normal(key, (n, n), dtype))
+    lam = jnp.exp(-decay * jnp.arange(n, dtype=dtype)) * 10.0
+    return (Q * lam) @ Q.T, lam
+
+
+# ----------------------------------------------------------------------------------------------
+# Eigenpairs
+
+
+def test_top_eigenpairs_ctrnn(ctrnn, getkey):
+    op, _, evals, evecs = ctrnn
+    result = ds.top_eigenpairs(op, 5, key=getkey(), tol=1e-9)
+    vals, vecs = result  # contract: unpacks into two names
+    assert vals.shape == (5,)
+    assert vecs.shape == (5, B, T, N)
+    np.testing.assert_allclose(vals, evals[:5], rtol=1e-8)
+    assert bool(jnp.all(result.converged))
+    assert bool(jnp.all(result.residuals <= 1e-9))
+    assert int(result.num_matvecs) > 0
+    gaps = np.abs(np.diff(evals[:6])) / evals[:5]
+    for i in range(5):
+        if gaps[i] > 1e-3 and (i == 0 or abs(evals[i - 1] - evals[i]) / evals[i] > 1e-3):
+            cos = np.dot(np.asarray(vecs[i]).reshape(-1), evecs[:, i])
+            assert abs(cos) > 0.9999
+
+
+def test_top_eigenpairs_restarts_and_warm_start(getkey):
+    # Full rank, slowly decaying: needs restarts; warm start from the answer must be cheaper.
+    n = 200
+    A, lam = _decaying_psd(getkey(), n, 0.02)
+    op = lx.MatrixLinearOperator(A, PSD)
+    cold = ds.top_eigenpairs(op, 4, key=getkey(), tol=1e-8, krylov_blocks=3)
+    assert int(cold.num_restarts) > 1
+    assert bool(jnp.all(cold.converged))
+    np.testing.assert_allclose(cold.values, lam[:4], rtol=1e-10)
+    r = np.linalg.norm(A @ cold.vectors.T - cold.vectors.T * cold.values, axis=0) / cold.values
+    np.testing.assert_allclose(cold.residuals, r, rtol=1e-3, atol=1e-13)
+    warm = ds.top_eigenpairs(op, 4, key=getkey(), tol=1e-8, krylov_blocks=3, init=cold.vectors)
+    assert int(warm.num_matvecs) < int(cold.num_matvecs)
+    # An unreachable tolerance is flagged, not raised.
+    capped = ds.top_eigenpairs(op, 4, key=getkey(), tol=1e-30, max_restarts=2)
+    assert not bool(jnp.all(capped.converged))
+    assert bool(jnp.all(jnp.isfinite(capped.values)))
+
+
+def test_top_eigenpairs_pytree_structure(getkey):
+    # Input structure is a pytree: Θ = J Jᵀ of a tiny function of 6 parameters.
+    params = jr.normal(getkey(), (6,))
+    xs = jnp.linspace(0.0, 1.0, 5)
+
+    def f(p):
+        return {"a": jnp.sin(p[0] * xs + p[1]) * p[2], "b": jnp.outer(xs, p[3:]) ** 2}
+
+    out = f(params)
+    _, vjp = jax.vjp(f, params)
+    struct = jax.eval_shape(lambda: out)
+    op = lx.FunctionLinearOperator(lambda v: jax.jvp(f, (params,), vjp(v))[1], struct, PSD)
+    M = op.as_matrix()
+    evals = np.linalg.eigvalsh(np.asarray(M))[::-1]
+    res = ds.top_eigenpairs(op, 2, key=getkey(), block_size=2, krylov_blocks=3)
+    np.testing.assert_allclose(res.values, evals[:2], rtol=1e-8)
+    assert res.vectors["a"].shape == (2, 5) and res.vectors["b"].shape == (2, 5, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Trace, Frobenius norm, effective rank, alignment
+
+
+def test_trace_and_participation_ratio_ctrnn(ctrnn, getkey):
+    op, M, evals, _ = ctrnn
+    tr_exact = float(np.sum(evals))
+    pr_exact = tr_exact**2 / float(np.sum(evals**2))
+    tr = ds.trace(op, key=getkey())
+    assert int(tr.num_matvecs) == 32  # default budget, below the dimension (240) and rank (<= 72)
+    assert abs(tr.estimate - tr_exact) / tr_exact < 0.05
+    assert abs(tr.estimate - tr_exact) <= 4 * tr.standard_error
+    pr = ds.effective_rank(op, key=getkey())
+    assert abs(pr.estimate - pr_exact) / pr_exact < 0.05
+    fro = ds.frobenius_norm_squared(op, key=getkey())
+    assert abs(fro.estimate - np.sum(evals**2)) / np.sum(evals**2) < 0.05
+    pr_dense = ds.effective_rank(op, key=getkey(), exact=True)
+    np.testing.assert_allclose(pr_dense.estimate, pr_exact, rtol=1e-10)
+    p = np.clip(evals, 0, None) / tr_exact
+    er_exact = math.exp(-np.sum(p[p > 0] * np.log(p[p > 0])))
+    er = ds.effective_rank(op, key=getkey(), method="entropy", exact=True)
+    np.testing.assert_allclose(er.estimate, er_exact, rtol=1e-8)
+
+
+def test_estimators_full_rank(getkey):
+    n = 150
+    A, lam = _decaying_psd(getkey(), n, 0.05)
+    op = lx.MatrixLinearOperator(A, PSD)
+    t = ds.trace(op, key=getkey())
+    assert abs(t.estimate - lam.sum()) / lam.sum() < 0.05
+    f = ds.frobenius_norm_squared(op, key=getkey())
+    assert abs(f.estimate - jnp.sum(lam**2)) / jnp.sum(lam**2) < 0.05
+    pr = ds.effective_rank(op, key=getkey())
+    pr_exact = lam.sum() ** 2 / jnp.sum(lam**2)
+    assert abs(pr.estimate - pr_exact) / pr_exact < 0.05
+    p = lam / lam.sum()
+    er_exact = jnp.exp(-jnp.sum(p * jnp.log(p)))
+    er = ds.effective_rank(op, key=getkey(), method="entropy", num_matvecs=400, lanczos_depth=20)
+    assert abs(er.estimate - er_exact) / er_exact < 0.15
+    assert abs(er.estimate - er_exact) <= 4 * er.standard_error
+    # Small operators take the exact path automatically.
+    small = lx.MatrixLinearOperator(A[:20, :20], PSD)
+    assert int(ds.trace(small, key=getkey()).num_matvecs) == 20
+    np.testing.assert_allclose(ds.trace(small, key=getkey()).estimate, jnp.trace(A[:20, :20]))
+
+
+def test_alignment(getkey):
+    n = 100
+    A, _ = _decaying_psd(getkey(), n, 0.1)
+    Bm, _ = _decaying_psd(getkey(), n, 0.1)
+    Bm = 0.5 * A + Bm
+    opa, opb = lx.MatrixLinearOperator(A, PSD), lx.MatrixLinearOperator(Bm, PSD)
+    exact = jnp.vdot(A, Bm) / (jnp.linalg.norm(A) * jnp.linalg.norm(Bm))
+    est = ds.alignment(opa, opb, key=getkey(), exact=True)
+    np.testing.assert_allclose(est.estimate, exact, rtol=1e-12)
+    est = ds.alignment(opa, opb, key=getkey(), num_matvecs=64)
+    assert abs(est.estimate - exact) < 0.05
+    assert abs(est.estimate - exact) <= 4 * est.standard_error
+    self_align = ds.alignment(opa, lx.MatrixLinearOperator(3 * A, PSD), key=getkey())
+    np.testing.assert_allclose(self_align.estimate, 1.0, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# Partial traces
+
+
+def test_partial_traces_match_dense_definition(getkey):
+    b, t, n = 3, 4, 2
+    C = jr.normal(getkey(), (b * t * n, b * t * n))
+    C = C @ C.T
+    op = lx.FunctionLinearOperator(
+        lambda x: (C @ x.reshape(-1)).reshape(b, t, n),
+        jax.ShapeDtypeStruct((b, t, n), jnp.float64),
+        PSD,
+    )
+    C6 = C.reshape(b, t, n, b, t, n)
+    cases = {
+        "batch": jnp.einsum("atiaum->tium", C6).reshape(t * n, t * n),
+        "time": jnp.einsum("atibtj->aibj", C6).reshape(b * n, b * n),
+        "state": jnp.einsum("atibui->atbu", C6).reshape(b * t, b * t),
+        ("batch", "state"): jnp.einsum("atiaui->tu", C6),
+        (0, 1): jnp.einsum("atiatj->ij", C6),
+    }
+    for axes, expected in cases.items():
+        reduced = ds.partial_trace(op, axes)
+        np.testing.assert_allclose(reduced.as_matrix(), expected, rtol=1e-12, atol=1e-12)
+        assert lx.is_positive_semidefinite(reduced)
+    # KPFlow-style "broadcast, apply, sum" also picks up off-diagonal blocks: not a partial trace.
+    broadcast_sum = jnp.einsum("atibuj->tiuj", C6).reshape(t * n, t * n)
+    assert not jnp.allclose(broadcast_sum, cases["batch"])
+    np.testing.assert_allclose(jnp.trace(cases["batch"]), jnp.trace(C), rtol=1e-12)
+
+
+def test_partial_trace_ctrnn(ctrnn):
+    op, M, _, _ = ctrnn
+    tk = ds.partial_trace(op, ("batch", "state")).as_matrix()
+    np.testing.assert_allclose(tk, jnp.einsum("atiaui->tu", M.reshape(B, T, N, B, T, N)), rtol=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------
+# jit, float32, bad input
+
+
+def test_jit(getkey):
+    A, lam = _decaying_psd(getkey(), 60, 0.3)
+    op = lx.MatrixLinearOperator(A, PSD)
+
+    @eqx.filter_jit
+    def run(op, key):
+        k1, k2, k3 = jr.split(key, 3)
+        vals, _ = ds.top_eigenpairs(op, 3, key=k1)
+        return vals, ds.trace(op, key=k2).estimate, ds.effective_rank(op, key=k3).estimate
+
+    vals, tr, pr = run(op, getkey())
+    np.testing.assert_allclose(vals, lam[:3], rtol=1e-8)
+    assert abs(tr - lam.sum()) / lam.sum() < 0.05
+    vmapped = jax.vmap(lambda k: ds.trace(op, key=k).estimate)(jr.split(getkey(), 3))
+    assert vmapped.shape == (3,)
+
+
+def test_float32_smoke(getkey):
+    A, lam = _decaying_psd(getkey(), 80, 0.2, dtype=jnp.float32)
+    op = lx.MatrixLinearOperator(A, PSD)
+    res = ds.top_eigenpairs(op, 3, key=getkey())
+    assert res.values.dtype == jnp.float32
+    assert bool(jnp.all(res.converged))
+    np.testing.assert_allclose(res.values, lam[:3], rtol=1e-4)
+    t = ds.trace(op, key=getkey())
+    assert t.estimate.dtype == jnp.float32
+    assert abs(t.estimate - lam.sum()) / lam.sum() < 0.05
+    pr = ds.effective_rank(op, key=getkey())
+    assert jnp.isfinite(pr.estimate)
+
+
+def test_bad_input(getkey):
+    A, _ = _decaying_psd(getkey(), 10, 0.3)
+    op = lx.MatrixLinearOperator(A, PSD)
+    with pytest.raises(ValueError, match="`k`"):
+        ds.top_eigenpairs(op, 11, key=getkey())
+    with pytest.raises(ValueError, match="`k`"):
+        ds.top_eigenpairs(op, 0, key=getkey())
+    with pytest.raises(TypeError, match="`k`"):
+        ds.top_eigenpairs(op, 2.0, key=getkey())
+    nonsym = lx.MatrixLinearOperator(jr.normal(getkey(), (10, 10)))
+    for fn in (ds.trace, ds.effective_rank, ds.frobenius_norm_squared):
+        with pytest.raises(ValueError, match="symmetric"):
+            fn(nonsym, key=getkey())
+    with pytest.raises(ValueError, match="symmetric"):
+        ds.top_eigenpairs(nonsym, 2, key=getkey())
+    with pytest.raises(TypeError, match="`operator`"):
+        ds.top_eigenpairs(A, 2, key=getkey())
+    with pytest.raises(ValueError, match="positive_semidefinite"):
+        ds.effective_rank(lx.MatrixLinearOperator(A, lx.symmetric_tag), key=getkey())
+    with pytest.raises(ValueError, match="`method`"):
+        ds.effective_rank(op, key=getkey(), method="renyi")
+    with pytest.raises(ValueError, match="`num_matvecs`"):
+        ds.trace(op, key=getkey(), num_matvecs=1)
+    with pytest.raises(ValueError, match="`axes`"):
+        ds.partial_trace(lx.MatrixLinearOperator(A, PSD), "batch")
+    nan_op = lx.FunctionLinearOperator(
+        lambda v: v * jnp.nan, jax.ShapeDtypeStruct((50,), jnp.float64), PSD
+    )
+    with pytest.raises(Exception, match="non-finite"):
+        ds.top_eigenpairs(nan_op, 2, key=getkey()).values.block_until_ready()
+
+
+# ----------------------------------------------------------------------------------------------
+# Slow
+
+
+@pytest.mark.slow
+def test_standard_error_coverage(ctrnn):
+    # |estimate − exact| <= 2·standard_error (a nominal 95% interval) in >= 90% of 50 seeded runs.
+    op, _, evals, _ = ctrnn
+    keys = jr.split(jr.PRNGKey(0), 50)
+    tr_exact = np.sum(evals)
+    pr_exact = tr_exact**2 / np.sum(evals**2)
+    for fn, exact in (
+        (lambda k: ds.trace(op, key=k, num_matvecs=16), tr_exact),
+        (lambda k: ds.effective_rank(op, key=k, num_matvecs=32), pr_exact),
+    ):
+        est = jax.vmap(fn)(keys)
+        covered = np.abs(np.asarray(est.estimate) - exact) <= 2 * np.asarray(est.standard_error)
+        assert covered.mean() >= 0.9, covered.mean()
+    A, lam = _decaying_psd(jr.PRNGKey(1), 200, 0.03)
+    dense = lx.MatrixLinearOperator(A, PSD)
+    est = jax.vmap(lambda k: ds.trace(dense, key=k))(keys)
+    covered = np.abs(np.asarray(est.estimate) - lam.sum()) <= 2 * np.asarray(est.standard_error)
+    assert covered.mean() >= 0.9, covered.mean()
+
+
+@pytest.mark.slow
+def test_top_eigenpairs_on_sntk_operator_directly(getkey):
+    theta = _ctrnn_theta()
+    vals, vecs = ds.top_eigenpairs(theta, 3, key=getkey(), tol=1e-9)
+    ref = np.linalg.eigvalsh(np.asarray(theta.as_matrix()))[::-1][:3]
+    np.testing.assert_allclose(vals, ref, rtol=1e-8)
+    assert vecs.shape == (3, B, T, N)
