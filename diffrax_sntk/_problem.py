@@ -136,7 +136,7 @@ class TrajectoryProblem(eqx.Module):
                 raise ValueError("`ts` must be strictly increasing.")
             if ts_np[0] < float(t0):
                 raise ValueError(f"`ts[0]` = {ts_np[0]} must be >= `t0` = {float(t0)}.")
-        if _is_concrete(y0) and not bool(jnp.all(jnp.isfinite(y0))):
+        if _is_concrete(y0) and not bool(np.all(np.isfinite(np.asarray(y0)))):
             raise ValueError("`y0` must contain finite values.")
         batch = y0.shape[0]
 
@@ -175,7 +175,7 @@ class TrajectoryProblem(eqx.Module):
                         f"`input_ts` must cover [t0, ts[-1]] = [{float(t0)}, {float(ts[-1])}], "
                         f"got [{its[0]}, {its[-1]}]."
                     )
-            if _is_concrete(inputs) and not bool(jnp.all(jnp.isfinite(inputs))):
+            if _is_concrete(inputs) and not bool(np.all(np.isfinite(np.asarray(inputs)))):
                 raise ValueError("`inputs` must contain finite values.")
             input_mode = "array"
 
@@ -436,7 +436,8 @@ def check_model(model, problem: TrajectoryProblem, space: str = "state") -> None
         )
     params = eqx.filter(model, eqx.is_inexact_array)
     leaves = [leaf for leaf in jtu.tree_leaves(params) if _is_concrete(leaf)]
-    if leaves and not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in leaves):
+    # numpy, not jnp: inside a jit trace even concrete leaves would be staged.
+    if leaves and not all(bool(np.all(np.isfinite(np.asarray(leaf)))) for leaf in leaves):
         raise ValueError("`model` has non-finite parameters (NaN or inf).")
 
 
