@@ -49,6 +49,11 @@ from ._tracking import BifurcationTrack as BifurcationTrack
 from ._tracking import track_bifurcations as track_bifurcations
 
 # --- bifurcation channels (issue 5)
+from ._channels import BifurcationChannels as BifurcationChannels
+from ._channels import bifurcation_channels as bifurcation_channels
+from ._landscape import RestrictedLandscape as RestrictedLandscape
+from ._landscape import fit_normal_form_landscape as fit_normal_form_landscape
+from ._landscape import restricted_landscape as restricted_landscape
 
 # --- natural gradient (issue 6)
 

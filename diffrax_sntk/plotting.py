@@ -95,3 +95,50 @@ def plot_bifurcation_diagram(
         ylabel = "observable" if observable is not None else f"x[{component}]"
     ax.set_ylabel(ylabel)
     return ax
+
+
+def plot_channel_collapse(
+    distances: Sequence[float] | np.ndarray,
+    splits: Sequence[Any],
+    *,
+    ax: Any = None,
+    xlabel: str = "distance to the bifurcation",
+    log_x: bool = True,
+):
+    """Channel energy fraction and sNTK effective rank against the distance to a bifurcation.
+
+    **Arguments:**
+
+    - `distances`: one distance per split, e.g. `|μ - μ_c|` or `|Re λ_c|`.
+    - `splits`: the matching `BifurcationChannels` results of `ds.bifurcation_channels`.
+    - `ax`: a matplotlib `Axes` (default: a new figure). The effective rank goes on a twin axis.
+    - `xlabel`: the x-axis label.
+    - `log_x`: logarithmic distance axis.
+
+    **Returns:**
+
+    `(ax, ax_rank)`: the fraction axes and the twin effective-rank axes.
+    """
+    import matplotlib.pyplot as plt
+
+    d = np.asarray(distances, dtype=float)
+    splits = list(splits)
+    if d.ndim != 1 or d.shape[0] != len(splits):
+        raise ValueError(
+            f"`distances` must be 1-D with one entry per split ({len(splits)}), got shape {d.shape}."
+        )
+    frac = np.array([float(s.energy_fraction) for s in splits])
+    rank = np.array([float(s.effective_rank) for s in splits])
+    order = np.argsort(d)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(d[order], frac[order], "o-", color="C0", label="channel fraction tr Θ_bif / tr Θ")
+    ax.set_ylabel("channel fraction", color="C0")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel(xlabel)
+    ax_rank = ax.twinx()
+    ax_rank.plot(d[order], rank[order], "s--", color="C3", label="effective rank (PR)")
+    ax_rank.set_ylabel("effective rank (participation ratio)", color="C3")
+    if log_x:
+        ax.set_xscale("log")
+    return ax, ax_rank

@@ -1,0 +1,320 @@
+"""Bifurcation-channel / residual split of the sNTK (issue 5).
+
+Compile budget: one problem shape per model family; μ is data (the model is a jit argument), so
+the three CTRNN distances share one compiled program. The split's algebra is checked densely from
+J materialised by forward-mode solves.
+"""
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.flatten_util as jfu
+import jax.numpy as jnp
+import jax.random as jr
+import lineax as lx
+import numpy as np
+import pytest
+
+import diffrax_sntk as ds
+
+MUS = (-0.5, -0.2, -0.05)
+
+
+# --------------------------------------------------------------------------------------------
+# dx/dt = μx − x³ + b at x0 = x* = 0
+
+
+def _pitchfork(t, x, a):
+    return a["mu"] * x - x**3 + a["b"]
+
+
+def _scalar_model(mu, dtype=jnp.float64):
+    return ds.VectorField(_pitchfork, {"mu": jnp.asarray(mu, dtype), "b": jnp.asarray(0.0, dtype)})
+
+
+def _scalar_problem(dtype=jnp.float64):
+    return ds.TrajectoryProblem(jnp.linspace(0.5, 10.0, 8, dtype=dtype), jnp.zeros((1, 1), dtype))
+
+
+@pytest.fixture(scope="module")
+def scalar_case():
+    problem = _scalar_problem()
+    run = eqx.filter_jit(lambda m, x: ds.bifurcation_channels(m, problem, x))
+    return problem, run(_scalar_model(-0.5), jnp.zeros(1))
+
+
+def test_scalar_channel_is_everything(scalar_case):
+    problem, split = scalar_case
+    mu = -0.5
+    # Parameters (μ, b): g_f = (x*, 1) = (0, 1), g_λ = (1, 0); Θ is rank one (∂x/∂μ = 0 on x ≡ 0).
+    assert int(split.rank) == 2
+    assert abs(float(split.energy_fraction) - 1) < 1e-12
+    vals = np.asarray(split.channel_eigenvalues)
+    assert vals[1] <= 1e-12 * vals[0]
+    assert abs(float(split.effective_rank) - 1) < 1e-10
+    assert abs(complex(split.critical_eigenvalue) - mu) < 1e-12
+    np.testing.assert_allclose(np.asarray(split.forcing_direction.args["b"]), [1.0, 0.0])
+    np.testing.assert_allclose(np.asarray(split.eigenvalue_direction.args["mu"]), [1.0, 0.0])
+    # Profile of the forcing direction: (1 − e^{μt})/|μ| along v.
+    ts = np.asarray(problem.ts)
+    expected = (1 - np.exp(mu * ts)) / abs(mu)
+    got = np.asarray(split.profile_computed)[0, :, 0] * np.sign(np.asarray(split.right_eigenvector.real)[0])
+    assert np.max(np.abs(got - expected)) < 1e-6
+    assert float(split.profile_error) < 1e-6
+    assert np.max(np.abs(np.asarray(split.profile_predicted)[0, :, 0] - got)) < 1e-6
+    assert split.warnings == ()
+    assert np.isinf(float(split.amplification))  # Θ_res = 0
+
+
+def test_scalar_float32_smoke():
+    problem = _scalar_problem(jnp.float32)
+    split = eqx.filter_jit(lambda m: ds.bifurcation_channels(m, problem, jnp.zeros(1, jnp.float32)))(
+        _scalar_model(-0.5, jnp.float32)
+    )
+    assert split.energy_fraction.dtype == jnp.float32
+    assert abs(float(split.energy_fraction) - 1) < 1e-4
+    assert float(split.profile_error) < 1e-3
+    assert split.warnings == ()
+
+
+# --------------------------------------------------------------------------------------------
+# CTRNN dx/dt = −x + (1+μ) S tanh x + b, S symmetric with top eigenvalue 1.
+
+N = 4
+S_SPECTRUM = jnp.array([1.0, 0.4, -0.2, -0.6])
+
+
+def _ctrnn(mu):
+    q, _ = jnp.linalg.qr(jr.normal(jr.PRNGKey(3), (N, N)))
+    S = q @ jnp.diag(S_SPECTRUM) @ q.T
+    b = 0.002 * jr.normal(jr.PRNGKey(4), (N,))
+    base = ds.CTRNN(N, key=jr.PRNGKey(0))
+    return eqx.tree_at(lambda m: (m.W, m.b), base, ((1 + mu) * S, b))
+
+
+# Fixed steps compile faster than the adaptive default (same fractions to ~1e-12 here).
+_ctrnn_problem = ds.TrajectoryProblem(
+    jnp.linspace(2.0, 40.0, 8),
+    0.5 * jr.normal(jr.PRNGKey(5), (2, N)),
+    stepsize_controller=dfx.ConstantStepSize(),
+    dt0=0.1,
+    max_steps=1000,
+)
+
+
+@eqx.filter_jit
+def _fixed_point(model):
+    fps = ds.find_fixed_points(lambda x, m: m(0.0, x, None), model, jnp.zeros((1, N)))
+    return fps.states[0], fps.converged[0]
+
+
+@eqx.filter_jit
+def _split_and_jacobian(model, x):
+    # J rides along in the same program (sharing its forward solves) rather than compiling anew.
+    split = ds.bifurcation_channels(model, _ctrnn_problem, x)
+    return split, ds.jacobian_operator(model, _ctrnn_problem).as_matrix()
+
+
+def _split(model, x):
+    return _split_and_jacobian(model, x)[0]
+
+
+@pytest.fixture(scope="module")
+def ctrnn_case():
+    out = []
+    for mu in MUS:
+        model = _ctrnn(mu)
+        x, ok = _fixed_point(model)
+        assert bool(ok)
+        split, jm = _split_and_jacobian(model, x)
+        out.append((model, x, split, jm))
+    return out
+
+
+def test_ctrnn_channel_grows_towards_bifurcation(ctrnn_case):
+    fractions = [float(s.energy_fraction) for _, _, s, _ in ctrnn_case]
+    alignments = [float(s.alignment) for _, _, s, _ in ctrnn_case]
+    ranks = [float(s.effective_rank) for _, _, s, _ in ctrnn_case]
+    amps = [float(s.amplification) for _, _, s, _ in ctrnn_case]
+    lams = [complex(s.critical_eigenvalue).real for _, _, s, _ in ctrnn_case]
+    print("fractions", fractions, "alignments", alignments, "PR", ranks, "amplification", amps,
+          "lambda_c", lams)
+    assert fractions[0] < fractions[1] < fractions[2]
+    assert ranks[0] > ranks[1] > ranks[2]
+    assert amps[0] < amps[1] < amps[2]
+    last = ctrnn_case[-1][2]
+    assert float(last.alignment) > 0.999
+    assert float(last.subspace_alignment) > 0.999
+    assert float(last.dominant_overlap) > 0.999
+    assert int(last.rank) == 2
+    assert last.warnings == ()
+    # The leading eigenvalue tracks μ (x* ≈ 0 because b is small).
+    for mu, lam in zip(MUS, lams):
+        assert abs(lam - mu) < 0.01
+
+
+def test_split_sums_to_theta(ctrnn_case):
+    _, _, split, jm = ctrnn_case[-1]
+    mats = eqx.filter_jit(lambda a, b: (a.as_matrix(), b.as_matrix()))(
+        split.bifurcation, split.residual
+    )
+    bif, res = (np.asarray(m) for m in mats)
+    theta = np.asarray(jm @ jm.T)
+    scale = np.max(np.abs(theta))
+    assert np.max(np.abs(bif + res - theta)) <= 1e-10 * scale
+    for m in (bif, res):
+        assert np.max(np.abs(m - m.T)) <= 1e-12 * scale
+        assert np.min(np.linalg.eigvalsh(m)) >= -1e-10 * scale
+    for op in (split.bifurcation, split.residual, split.sntk, split.restricted):
+        assert lx.is_symmetric(op) and lx.is_positive_semidefinite(op)
+    assert np.linalg.matrix_rank(bif, tol=1e-9 * scale) == 2
+    # Diagnostics agree with the dense matrices.
+    assert abs(np.trace(bif) / np.trace(theta) - float(split.energy_fraction)) < 1e-10
+    top = np.linalg.eigvalsh(theta)[-1]
+    assert abs(top - float(split.top_eigenvalue)) <= 1e-10 * top
+    assert abs(np.linalg.eigvalsh(res)[-1] - float(split.residual_top_eigenvalue)) <= 1e-9 * top
+    # The restricted sNTK (J u1)(J u1)ᵀ is the top rank-one piece of Θ.
+    u1 = jfu.ravel_pytree(split.dominant_direction)[0]
+    ju1 = np.asarray(jm @ u1)
+    r1 = np.asarray(eqx.filter_jit(lambda a: a.as_matrix())(split.restricted))
+    assert np.max(np.abs(r1 - np.outer(ju1, ju1))) <= 1e-9 * scale
+    # The basis is orthonormal.
+    U = jax.vmap(lambda t: jfu.ravel_pytree(t)[0])(split.basis)
+    assert np.max(np.abs(np.asarray(U @ U.T) - np.diag([1.0, 1.0, 0.0, 0.0]))) < 1e-12
+
+
+def test_bad_inputs_warn(ctrnn_case):
+    model, x, _, _ = ctrnn_case[-1]
+    # Not a fixed point: the split is still computed, with a warning.
+    off = _split(model, x + 0.3)
+    assert bool(off.residual_too_large)
+    assert any("not a fixed point" in w for w in off.warnings)
+    assert np.isfinite(float(off.energy_fraction))
+    # μ = −1: W = 0, A = −I, the leading eigenvalue is nowhere near the imaginary axis.
+    far_model = _ctrnn(-1.0)
+    far, _ = _fixed_point(far_model)
+    split = _split(far_model, far)
+    assert bool(split.far_from_critical) and not bool(split.residual_too_large)
+    assert any("far from the imaginary axis" in w for w in split.warnings)
+
+
+def test_plot_channel_collapse(ctrnn_case):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from diffrax_sntk.plotting import plot_channel_collapse
+
+    ax, ax_rank = plot_channel_collapse([-mu for mu in MUS], [s for _, _, s, _ in ctrnn_case])
+    assert len(ax.lines) == 1 and len(ax_rank.lines) == 1
+    with pytest.raises(ValueError, match="distances"):
+        plot_channel_collapse([0.1], [s for _, _, s, _ in ctrnn_case])
+
+
+# --------------------------------------------------------------------------------------------
+# Hopf normal form ż = (μ + iω) z − |z|² z + b with trained frequency ω.
+
+
+def _hopf(t, x, a):
+    z = x[0] + 1j * x[1]
+    dz = (a["mu"] + 1j * a["omega"]) * z - jnp.abs(z) ** 2 * z
+    return jnp.stack([dz.real, dz.imag]) + a["b"]
+
+
+def test_hopf_channel_is_rank_two():
+    model = ds.VectorField(
+        _hopf, {"mu": jnp.array(-0.1), "omega": jnp.array(1.0), "b": jnp.zeros(2)}
+    )
+    problem = ds.TrajectoryProblem(jnp.linspace(0.5, 10.0, 8), jnp.array([[0.5, 0.0]]))
+    split = eqx.filter_jit(lambda m: ds.bifurcation_channels(m, problem, jnp.zeros(2)))(model)
+    lam = complex(split.critical_eigenvalue)
+    assert abs(lam - (-0.1 + 1j)) < 1e-12
+    assert int(split.rank) == 2
+    # ∇ Re λ and ∇ Im λ: the pair of equal-norm orthogonal directions (μ and ω).
+    g = split.eigenvalue_direction.args
+    np.testing.assert_allclose(np.asarray(g["mu"]), [1.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(np.asarray(g["omega"]), [0.0, 1.0], atol=1e-12)
+    vals = np.asarray(split.channel_eigenvalues)
+    assert vals[1] > 1e-2 * vals[0] and vals[2] <= 1e-12 * vals[0]
+    assert split.warnings == ()
+
+
+# --------------------------------------------------------------------------------------------
+# Restricted landscape
+
+
+@pytest.mark.parametrize("form", ["pitchfork", "fold", "transcritical"])
+def test_landscape_fit_recovers_normal_form(form):
+    mu, s0, a, beta = 0.3, 0.2, 1.5, 2.0
+    V = {
+        "pitchfork": lambda x: -mu * x**2 / 2 + x**4 / 4,
+        "fold": lambda x: -mu * x + x**3 / 3,
+        "transcritical": lambda x: -mu * x**2 / 2 + x**3 / 3,
+    }[form]
+    model = {"theta": jnp.array([0.0, 0.0])}
+    direction = {"theta": jnp.array([0.6, 0.8])}
+    loss_fn = lambda m: a + beta * V(m["theta"] @ jnp.array([0.6, 0.8]) - s0)
+    s = jnp.linspace(-1.0, 1.0, 21)
+    land = ds.restricted_landscape(loss_fn, model, direction, s, normal_form=form)
+    assert float(land.r_squared) > 1 - 1e-12
+    assert abs(float(land.centre) - s0) < 1e-9
+    assert abs(float(land.unfolding) - mu) < 1e-8
+    assert abs(float(land.scale) - beta) < 1e-8
+    assert abs(float(land.offset) - a) < 1e-8
+    # An even quartic and a cubic are told apart. (Fold and transcritical landscapes are both
+    # cubics, centred at the inflection point or at a critical point: R² cannot separate them.)
+    other = "fold" if form == "pitchfork" else "pitchfork"
+    assert float(ds.fit_normal_form_landscape(s, land.loss, other).r_squared) < 0.999
+
+
+def test_validation(scalar_case):
+    problem, _ = scalar_case
+    model = _scalar_model(-0.5)
+    with pytest.raises(ValueError, match="`directions`"):
+        ds.bifurcation_channels(model, problem, jnp.zeros(1), directions="all")
+    with pytest.raises(ValueError, match="`method`"):
+        ds.bifurcation_channels(model, problem, jnp.zeros(1), method="lanczos")
+    with pytest.raises(ValueError, match="`critical`"):
+        ds.bifurcation_channels(model, problem, jnp.zeros(3))
+    with pytest.raises(TypeError, match="`critical`"):
+        ds.bifurcation_channels(model, problem, "origin")
+    with pytest.raises(ValueError, match="`normal_form`"):
+        ds.fit_normal_form_landscape(jnp.arange(5.0), jnp.arange(5.0), "cusp")
+    with pytest.raises(ValueError, match="`direction`"):
+        ds.restricted_landscape(lambda m: 0.0, {"a": jnp.zeros(2)}, {"a": jnp.zeros(3)},
+                                jnp.arange(5.0))
+
+
+# --------------------------------------------------------------------------------------------
+# Slow: the matrix-free path, Bifurcation input, an ODE landscape.
+
+
+@pytest.mark.slow
+def test_matfree_matches_dense(ctrnn_case):
+    model, x, dense, _ = ctrnn_case[-1]
+    mf = eqx.filter_jit(
+        lambda m, xx: ds.bifurcation_channels(m, _ctrnn_problem, xx, method="matfree")
+    )(model, x)
+    assert abs(float(mf.energy_fraction) - float(dense.energy_fraction)) < 1e-6
+    assert abs(float(mf.top_eigenvalue) - float(dense.top_eigenvalue)) < 1e-6 * float(
+        dense.top_eigenvalue
+    )
+    assert abs(float(mf.alignment) - float(dense.alignment)) < 1e-6
+    assert abs(float(mf.amplification) - float(dense.amplification)) < 1e-4 * float(
+        dense.amplification
+    )
+
+
+@pytest.mark.slow
+def test_bifurcation_input_and_ode_landscape():
+    branch = ds.continuation(lambda x, mu: mu * x - x**3, jnp.zeros(1), -0.5, 0.5)
+    (bif,) = [b for b in branch.bifurcations if b.kind == "pitchfork"]
+    problem = _scalar_problem()
+    model = _scalar_model(-0.2)
+    split = ds.bifurcation_channels(model, problem, bif)
+    assert abs(complex(split.critical_eigenvalue) + 0.2) < 1e-10
+    assert abs(float(split.energy_fraction) - 1) < 1e-10
+    target = jnp.full((1, 8, 1), 0.3)
+    loss_fn = lambda m: jnp.mean((ds.simulate(m, problem) - target) ** 2)
+    land = ds.restricted_landscape(
+        loss_fn, model, split.dominant_direction, jnp.linspace(-0.5, 0.5, 11)
+    )
+    assert np.isfinite(float(land.r_squared)) and float(land.r_squared) > 0.9
