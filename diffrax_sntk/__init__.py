@@ -56,5 +56,8 @@ from ._landscape import fit_normal_form_landscape as fit_normal_form_landscape
 from ._landscape import restricted_landscape as restricted_landscape
 
 # --- natural gradient (issue 6)
+from ._natgrad import LowRankNaturalGradientState as LowRankNaturalGradientState
+from ._natgrad import low_rank_natural_gradient as low_rank_natural_gradient
+from ._natgrad import scale_by_low_rank_natural_gradient as scale_by_low_rank_natural_gradient
 
 __version__ = importlib.metadata.version("diffrax_sntk")
