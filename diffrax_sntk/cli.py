@@ -41,6 +41,31 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from .experiments import Interrupted, StudentTeacherConfig, run_student_teacher
+
+    preset = "quick" if args.quick else "full" if args.full else "default"
+    overrides = {}
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    cfg = StudentTeacherConfig.preset(preset, **overrides)
+    print(f"student-teacher experiment ({preset}): writing to {args.out}")
+    try:
+        report = run_student_teacher(
+            cfg, args.out, resume=args.resume, progress=not args.no_progress,
+            stop_after=args.stop_after,
+        )
+    except Interrupted as e:
+        print(f"interrupted: {e}; rerun with --resume to continue")
+        return 3
+    with open(f"{args.out}/summary.md") as f:
+        print(f.read())
+    print(f"done in {report['wall_time_seconds']:.1f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="diffrax-sntk",
@@ -55,6 +80,19 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--top", type=int, default=8)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+    rep = sub.add_parser(
+        "reproduce", help="run the paper's student-teacher experiment and write a report"
+    )
+    rep.add_argument("--out", default="sntk_out", help="output folder (default: sntk_out)")
+    size = rep.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small sizes (< 2 minutes)")
+    size.add_argument("--full", action="store_true", help="paper-scale sizes (long)")
+    rep.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    rep.add_argument("--steps", type=int, default=None, help="override the number of steps")
+    rep.add_argument("--seed", type=int, default=None)
+    rep.add_argument("--no-progress", action="store_true")
+    rep.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
+    rep.set_defaults(func=_reproduce)
     args = parser.parse_args(argv)
     return args.func(args)
 
