@@ -9,6 +9,7 @@ at the same learning rate is not affected.
 
 import argparse
 
+import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,11 @@ def main(smoke: bool = False, learning_rate: float = 0.5):
     steps = 6 if smoke else 60
     ts = jnp.linspace(0.5, 8.0, 16)
     y0 = jnp.array([[-0.3], [-0.1], [0.1], [0.3]])
-    problem = ds.TrajectoryProblem(ts, y0, rtol=1e-7, atol=1e-9)
+    # Smoke mode: fixed steps compile about twice as fast as the adaptive default.
+    solve = dict(stepsize_controller=dfx.ConstantStepSize(), dt0=0.1) if smoke else dict(
+        rtol=1e-7, atol=1e-9
+    )
+    problem = ds.TrajectoryProblem(ts, y0, **solve)
     teacher = ds.VectorField(field, {"g": jnp.array(2.0), "b": jnp.array(0.0)})
     target = ds.simulate(teacher, problem)
     student = ds.VectorField(field, {"g": jnp.array(0.5), "b": jnp.array(0.0)})

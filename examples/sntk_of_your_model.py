@@ -5,6 +5,7 @@
 
 import argparse
 
+import diffrax as dfx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -25,7 +26,10 @@ def main(smoke: bool = False):
 
     # --- three lines: the model, the problem, the operator
     model = ds.VectorField(f, args)
-    problem = ds.TrajectoryProblem(jnp.linspace(0.5, 10.0, times), jr.normal(jr.PRNGKey(1), (batch, n)))
+    solve = dict(stepsize_controller=dfx.ConstantStepSize(), dt0=0.1) if smoke else {}
+    problem = ds.TrajectoryProblem(
+        jnp.linspace(0.5, 10.0, times), jr.normal(jr.PRNGKey(1), (batch, n)), **solve
+    )
     theta = ds.sntk_operator(model, problem)
 
     pairs = ds.top_eigenpairs(theta, 3, key=jr.PRNGKey(2))

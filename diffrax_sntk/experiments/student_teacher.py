@@ -89,7 +89,7 @@ class StudentTeacherConfig:
     student_gain: float = 0.5
     bulk_radius: float = 0.3
     initial_spread: float = 1.0
-    learning_rate: float = 1.0
+    learning_rate: float = 0.5
     steps: int = 120
     eval_every: int = 2
     rank: int = 2
