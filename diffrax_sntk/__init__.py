@@ -60,4 +60,7 @@ from ._natgrad import LowRankNaturalGradientState as LowRankNaturalGradientState
 from ._natgrad import low_rank_natural_gradient as low_rank_natural_gradient
 from ._natgrad import scale_by_low_rank_natural_gradient as scale_by_low_rank_natural_gradient
 
+# --- sharding (issue 8)
+from ._sharding import shard_trials as shard_trials
+
 __version__ = importlib.metadata.version("diffrax_sntk")
