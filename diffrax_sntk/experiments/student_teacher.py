@@ -59,9 +59,9 @@ REPORT_SCHEMA: dict[str, str] = {
     "effective_rank_min_step": "eval step at which the participation ratio is smallest",
     "effective_rank_drop": "max participation ratio before the minimum / the minimum",
     "effective_rank_min_offset_percent": "|min step − bifurcation step| / steps × 100",
-    "channel": "at the eval checkpoint nearest the bifurcation: energy_fraction, alignment "
+    "channel": "at the weights interpolated to the first bifurcation: energy_fraction, alignment "
     "(|cos| of Θ's top eigenvector with the channel), dominant_overlap (‖Π_U u1‖: how much of the "
-    "dominant parameter direction lies in the channel), amplification, checkpoint step",
+    "dominant parameter direction lies in the channel), amplification, checkpoint_step (fractional)",
     "landscape": "restricted loss landscape s ↦ L(θ + s u1): s, loss, prediction, r2",
     "max_loss_increase": "per optimizer: the largest L(k+1)/L(k) − 1 over consecutive steps",
     "sgd_spike_factor": "max over steps of L(k) / min_{j<k} L(j) for SGD (≥ 10 is a spike)",
@@ -79,7 +79,7 @@ class Interrupted(RuntimeError):
 class StudentTeacherConfig:
     """Sizes and hyperparameters of the experiment. `preset("quick" | "default" | "full")`."""
 
-    hidden: int = 6
+    hidden: int = 10
     outputs: int = 2
     trials: int = 8
     times: int = 20
@@ -484,16 +484,19 @@ def _analyse(cfg, state, meta, problem, student, filter_spec, loss_fn, model_of,
     report["effective_rank_min_offset_percent"] = (
         None if first is None else abs(eval_steps[i_min] - first["step"]) / cfg.steps * 100
     )
-    # Channel split and landscape at the eval checkpoint nearest the first bifurcation.
+    # Channel split and landscape at the first bifurcation.
     if first is not None:
-        e = int(round(first["checkpoint_index"]))
-        e = min(max(e, 0), len(W_seq) - 1)
-        model = model_of(state.eval_W[e])
+        # The weights *at* the bifurcation: the tracker interpolates linearly between checkpoints.
+        c = first["checkpoint_index"]
+        e = min(int(np.floor(c)), len(W_seq) - 2)
+        frac = c - e
+        W_bif = (1 - frac) * state.eval_W[e] + frac * state.eval_W[e + 1]
+        model = model_of(W_bif)
         split = ds.bifurcation_channels(
             model, problem, jnp.zeros(cfg.hidden), input=jnp.zeros(1), filter_spec=filter_spec
         )
         report["channel"] = {
-            "checkpoint_step": eval_steps[e],
+            "checkpoint_step": first["step"],
             "critical_eigenvalue": float(np.real(split.critical_eigenvalue)),
             "energy_fraction": float(split.energy_fraction),
             "alignment": float(split.alignment),
@@ -591,12 +594,14 @@ def _summary(r) -> str:
         lines.append("- none detected")
     lines += ["", "## Targets (measured)", "", "| target | goal | measured | met |", "|---|---|---|---|"]
     for name, t in r["targets"].items():
-        lines.append(f"| {name} | {t['goal']} | {_fmt(t['value'])} | {'yes' if t['met'] else 'NO'} |")
+        goal = t["goal"].replace("|", "\\|")  # keep the markdown table intact
+        lines.append(f"| {name} | {goal} | {_fmt(t['value'])} | {'yes' if t['met'] else 'NO'} |")
     ch = r.get("channel")
     lines += ["", "## At the bifurcation", ""]
     if ch:
         lines += [
-            f"- checkpoint step {ch['checkpoint_step']}, critical eigenvalue "
+            f"- at step {ch['checkpoint_step']:.2f} (weights interpolated between checkpoints), "
+            f"critical eigenvalue "
             f"{ch['critical_eigenvalue']:.3g}",
             f"- channel energy fraction tr Θ_bif / tr Θ = {ch['energy_fraction']:.4f}",
             f"- |cos|(top eigenvector of Θ, channel) = {ch['alignment']:.4f}; "
