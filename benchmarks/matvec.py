@@ -23,29 +23,11 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
 
-
-def _median_time(fn, *args, repeats):
-    import jax
-
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def _first_call(fn, *args):
-    import jax
-
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    return time.perf_counter() - t
+from _timing import first_call, median_time  # noqa: E402  (benchmarks/_timing.py)
 
 
 def _peak_rss_mb() -> float:
@@ -78,16 +60,16 @@ def worker(n: int, batch: int, times: int, block: int, repeats: int) -> dict:
     thv = eqx.filter_jit(lambda m, x: ds.sntk_operator(m, problem).mv(x))
 
     row = dict(n=n, batch=batch, times=times, block=block)
-    row["compile_fwd_s"] = _first_call(fwd, model)
-    row["compile_thv_s"] = _first_call(thv, model, v)
-    row["fwd_ms"] = 1e3 * _median_time(fwd, model, repeats=repeats)
-    row["thv_ms"] = 1e3 * _median_time(thv, model, v, repeats=repeats)
+    row["compile_fwd_s"] = first_call(fwd, model)
+    row["compile_thv_s"] = first_call(thv, model, v)
+    row["fwd_ms"] = 1e3 * median_time(fwd, model, repeats=repeats)
+    row["thv_ms"] = 1e3 * median_time(thv, model, v, repeats=repeats)
     row["rss_thv_mb"] = _peak_rss_mb()
     if block > 0:
         vs = jr.normal(kv, (block, batch, times, n))
         thV = eqx.filter_jit(lambda m, x: jax.vmap(ds.sntk_operator(m, problem).mv)(x))
-        row["compile_block_s"] = _first_call(thV, model, vs)
-        row["block_ms"] = 1e3 * _median_time(thV, model, vs, repeats=repeats)
+        row["compile_block_s"] = first_call(thV, model, vs)
+        row["block_ms"] = 1e3 * median_time(thV, model, vs, repeats=repeats)
     row["rss_mb"] = _peak_rss_mb()
     row["backend"] = jax.devices()[0].platform
     return row

@@ -12,8 +12,9 @@ same run. Also the first-call (compile) time of Θ v.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
+
+from _timing import first_call, median_time  # noqa: E402  (benchmarks/_timing.py)
 
 import jax
 
@@ -24,21 +25,6 @@ import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 
 import diffrax_sntk as ds  # noqa: E402
-
-
-def _median_time(fn, *args, repeats):
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def _first_call(fn, *args):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    return time.perf_counter() - t
 
 
 def run(n, batch, times, block, repeats, key):
@@ -56,16 +42,16 @@ def run(n, batch, times, block, repeats, key):
     thv = eqx.filter_jit(lambda m, x: ds.sntk_operator(m, problem).mv(x))
     thV = eqx.filter_jit(lambda m, x: jax.vmap(ds.sntk_operator(m, problem).mv)(x))
 
-    compile_fwd = _first_call(fwd, model)
-    _first_call(jv, model, params)
-    _first_call(jtv, model, v)
-    compile_theta = _first_call(thv, model, v)
-    _first_call(thV, model, vs)
-    t_fwd = _median_time(fwd, model, repeats=repeats)
-    t_jv = _median_time(jv, model, params, repeats=repeats)
-    t_jtv = _median_time(jtv, model, v, repeats=repeats)
-    t_thv = _median_time(thv, model, v, repeats=repeats)
-    t_thV = _median_time(thV, model, vs, repeats=repeats)
+    compile_fwd = first_call(fwd, model)
+    first_call(jv, model, params)
+    first_call(jtv, model, v)
+    compile_theta = first_call(thv, model, v)
+    first_call(thV, model, vs)
+    t_fwd = median_time(fwd, model, repeats=repeats)
+    t_jv = median_time(jv, model, params, repeats=repeats)
+    t_jtv = median_time(jtv, model, v, repeats=repeats)
+    t_thv = median_time(thv, model, v, repeats=repeats)
+    t_thV = median_time(thV, model, vs, repeats=repeats)
     return dict(
         n=n, batch=batch, times=times, fwd_ms=1e3 * t_fwd,
         jv=t_jv / t_fwd, jtv=t_jtv / t_fwd, thv=t_thv / t_fwd, block=t_thV / block / t_fwd,
