@@ -25,7 +25,6 @@ import os
 import resource
 import subprocess
 import sys
-import time
 
 from _timing import first_call, median_time  # noqa: E402  (benchmarks/_timing.py)
 

@@ -12,7 +12,6 @@ same run. Also the first-call (compile) time of Θ v.
 from __future__ import annotations
 
 import argparse
-import time
 
 from _timing import first_call, median_time  # noqa: E402  (benchmarks/_timing.py)
 

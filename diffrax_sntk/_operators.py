@@ -14,7 +14,6 @@ transpose of every map (a JVP's transpose is the VJP of the same discrete solve)
 
 from __future__ import annotations
 
-import functools as ft
 from collections.abc import Callable
 from typing import Any
 

@@ -309,7 +309,6 @@ def run_student_teacher(
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
     teacher, student, problem, target, filter_spec = _setup(cfg)
-    static = eqx.filter(student, filter_spec, inverse=True)
     num_out = target.size
     opt_ng = _natural_gradient(cfg.learning_rate, cfg.rank, cfg.refresh_every, 2.0 / num_out)
     lr = jnp.asarray(cfg.learning_rate)
