@@ -83,7 +83,7 @@ class StudentTeacherConfig:
     outputs: int = 2
     trials: int = 8
     times: int = 20
-    t_end: float = 10.0
+    t_end: float = 20.0
     pulse_end: float = 1.0
     teacher_gain: float = 1.6
     student_gain: float = 0.5
@@ -91,7 +91,7 @@ class StudentTeacherConfig:
     initial_spread: float = 1.0
     learning_rate: float = 0.5
     steps: int = 120
-    eval_every: int = 2
+    eval_every: int = 1
     rank: int = 2
     refresh_every: int = 5
     top_k: int = 5
