@@ -35,6 +35,7 @@ from ._problem import (
     partition_model,
     trajectory_fn,
 )
+from ._replay import linearise
 
 __all__ = [
     "PairedLinearOperator",
@@ -205,6 +206,31 @@ def _theta_mv(params, static, problem, space, vector):
     return _jvp(params, static, problem, space, _vjp(params, static, problem, space, vector))
 
 
+_METHODS = ("auto", "replay", "solve")
+
+
+def _use_replay(method, params, problem) -> bool:
+    if method not in _METHODS:
+        raise ValueError(f"`method` must be one of {_METHODS}, got {method!r}.")
+    explicit = isinstance(problem.solver, (dfx.AbstractERK, dfx.Euler))
+    if method == "replay" and not explicit:
+        raise ValueError(
+            f"`method='replay'` needs an explicit solver (a Runge–Kutta ERK such as Tsit5, or "
+            f"Euler), got `solver={type(problem.solver).__name__}()`; use `method='solve'`."
+        )
+    if method != "auto":
+        return method == "replay"
+    # Replay needs a concrete step count (eager construction) and differentiates the same
+    # discrete map as the default `RecursiveCheckpointAdjoint`; a user-chosen adjoint (e.g. a
+    # continuous `BacksolveAdjoint`) is honoured by the solve path.
+    traced = any(isinstance(x, jax.core.Tracer) for x in jtu.tree_leaves((params, problem)))
+    return explicit and not traced and type(problem.adjoint) is dfx.RecursiveCheckpointAdjoint
+
+
+def _lin_theta_mv(lin, vector):
+    return lin.jvp(lin.vjp(vector))
+
+
 def _prepare(model, problem, space, filter_spec):
     if not isinstance(problem, TrajectoryProblem):
         raise TypeError(
@@ -224,6 +250,8 @@ def jacobian_operator(
     *,
     space: str = "state",
     filter_spec: Any = eqx.is_inexact_array,
+    method: str = "auto",
+    num_steps: int | None = None,
 ) -> PairedLinearOperator:
     r"""The trajectory Jacobian J = ∂X/∂θ as a lineax operator.
 
@@ -240,6 +268,22 @@ def jacobian_operator(
     - `space`: `"state"` (X) or `"output"` (the readout Y = readout(X), including the readout's
       own parameters).
     - `filter_spec`: which leaves of `model` are parameters (default: inexact arrays).
+    - `method`: how matvecs are computed.
+        - `"replay"`: at construction, solve once with the problem's controller, record the
+          accepted steps and store the linearisation of that discrete map; every matvec is
+          then a linear pass over the stored steps (no primal re-solve, no error control),
+          and a block of vectors shares them. Costs memory for the stored residuals (about
+          the solver's stages × state size per step and trial).
+        - `"solve"`: every matvec is a fresh `diffeqsolve` (tangent: `ForwardMode`; adjoint:
+          `problem.adjoint`). Nothing is stored; works inside `jit` at any θ.
+        - `"auto"` (default): `"replay"` when the operator is built outside a trace (concrete
+          parameters), the solver is explicit (an ERK such as Tsit5, or Euler) and
+          `problem.adjoint` is the default `RecursiveCheckpointAdjoint`; else `"solve"`.
+
+      Both give the same discrete map: they agree to rounding.
+    - `num_steps`: replay only: the static length of the stored step grid. Default: the
+      recorded number of steps rounded up (outside `jit`), or `problem.max_steps` (inside).
+      A solve that needs more steps raises an error.
 
     **Returns:**
 
@@ -247,6 +291,9 @@ def jacobian_operator(
     problems.
     """
     params, static, out_struct = _prepare(model, problem, space, filter_spec)
+    if _use_replay(method, params, problem):
+        lin = linearise(params, static, problem, space, num_steps)
+        return PairedLinearOperator(lin.jvp, lin.vjp, params, out_struct)
     fn = eqx.Partial(_jvp, params, static, problem, space)
     tfn = eqx.Partial(_vjp, params, static, problem, space)
     return PairedLinearOperator(fn, tfn, params, out_struct)
@@ -258,17 +305,22 @@ def sntk_operator(
     *,
     space: str = "state",
     filter_spec: Any = eqx.is_inexact_array,
+    method: str = "auto",
+    num_steps: int | None = None,
 ) -> PairedLinearOperator:
     r"""The state-space NTK Θ = J Jᵀ as a symmetric PSD lineax operator.
 
     $$\Theta_{(b,k,i),(b',k',j)} = \sum_p \frac{\partial x_{b}(t_k)_i}{\partial\theta_p}
     \frac{\partial x_{b'}(t_{k'})_j}{\partial\theta_p}.$$
 
-    One matvec costs one adjoint solve (Jᵀv) and one tangent solve (J(Jᵀv)).
+    One matvec costs one adjoint pass (Jᵀv) and one tangent pass (J(Jᵀv)): with the default
+    `method="auto"` outside `jit`, linear passes over the stored linearisation (about 2× a
+    forward solve; a vmapped block of vectors costs about one forward solve per vector), else
+    one adjoint and one tangent `diffeqsolve`.
 
     **Arguments:**
 
-    - `model`, `problem`, `filter_spec`: as for `jacobian_operator`.
+    - `model`, `problem`, `filter_spec`, `method`, `num_steps`: as for `jacobian_operator`.
     - `space`: `"state"` for Θ on R^{B×T×N}, `"output"` for the readout-space kernel.
 
     **Returns:**
@@ -277,7 +329,11 @@ def sntk_operator(
     arrays of shape `(batch, time, state)` (or `(batch, time, output)`).
     """
     params, static, out_struct = _prepare(model, problem, space, filter_spec)
-    fn = eqx.Partial(_theta_mv, params, static, problem, space)
+    if _use_replay(method, params, problem):
+        lin = linearise(params, static, problem, space, num_steps)
+        fn = eqx.Partial(_lin_theta_mv, lin)
+    else:
+        fn = eqx.Partial(_theta_mv, params, static, problem, space)
     return PairedLinearOperator(
         fn, fn, out_struct, out_struct, (lx.symmetric_tag, lx.positive_semidefinite_tag)
     )

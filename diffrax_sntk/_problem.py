@@ -324,7 +324,8 @@ def integrate(
     stepsize_controller: dfx.AbstractStepSizeController | None = None,
 ) -> Array:
     """Integrate one trial from `t_start` (default `problem.t0`) and return the states at
-    `save_ts` (default `problem.ts`), or only the final state when `save_ts == "end"`."""
+    `save_ts` (default `problem.ts`), or only the final state when `save_ts == "end"`, or
+    `(step_end_times, num_accepted_steps)` when `save_ts == "steps"` (the accepted grid)."""
 
     def field(t, x, p):
         model = eqx.combine(p, static)
@@ -354,7 +355,9 @@ def integrate(
         term_fn = field
         z0 = x0
         pick = None
-    if isinstance(save_ts, str):
+    if save_ts == "steps":
+        saveat = dfx.SaveAt(steps=True, fn=lambda t, z, args: jnp.zeros((), t.dtype))
+    elif isinstance(save_ts, str):
         saveat = dfx.SaveAt(t1=True) if pick is None else dfx.SaveAt(t1=True, fn=pick)
     else:
         saveat = dfx.SaveAt(ts=save_ts) if pick is None else dfx.SaveAt(ts=save_ts, fn=pick)
@@ -372,6 +375,9 @@ def integrate(
         max_steps=problem.max_steps,
         throw=False,
     )
+    if save_ts == "steps":
+        ts = eqx.error_if(sol.ts, sol.result != dfx.RESULTS.successful, _NOT_SUCCESSFUL_MSG)
+        return ts, sol.stats["num_accepted_steps"]
     ys = eqx.error_if(sol.ys, sol.result != dfx.RESULTS.successful, _NOT_SUCCESSFUL_MSG)
     return ys[-1] if isinstance(save_ts, str) else ys
 

@@ -214,3 +214,69 @@ def test_max_steps_error_is_clear():
     problem = ds.TrajectoryProblem(jnp.array([50.0]), jnp.ones((1, 2)), max_steps=3)
     with pytest.raises(Exception, match="max_steps"):
         jax.block_until_ready(ds.simulate(model, problem))
+
+
+# --- replay (the stored-linearisation fast path, issue 8)
+
+
+def test_replay_is_the_reference_discrete_map(case, getkey):
+    # Built outside jit, `method="auto"` replays the recorded steps: J and Θ equal the
+    # reference path (jax.jacrev through diffeqsolve) to rounding, not just to tolerance.
+    model, problem, _, _, jac = case
+    J = ds.jacobian_operator(model, problem, method="replay")
+    theta = ds.sntk_operator(model, problem)
+    assert theta.fn.func.__name__ == "_lin_theta_mv"  # auto chose replay
+    jmat = np.asarray(eqx.filter_jit(lambda op: op.as_matrix())(J))
+    assert np.max(np.abs(jmat - jac)) <= 1e-10 * np.max(np.abs(jac))
+    v = jr.normal(getkey(), (B, T, N))
+    mv = eqx.filter_jit(lambda op, x: op.mv(x))
+    expected = (jac @ (jac.T @ np.asarray(v).reshape(-1))).reshape(B, T, N)
+    err = np.max(np.abs(np.asarray(mv(theta, v)) - expected))
+    assert err <= 1e-10 * np.max(np.abs(expected))
+    # A vmapped block shares the stored linearisation and equals column-by-column matvecs.
+    vs = jr.normal(getkey(), (3, B, T, N))
+    block = eqx.filter_jit(lambda op, x: jax.vmap(op.mv)(x))(theta, vs)
+    np.testing.assert_allclose(block[1], mv(theta, vs[1]), rtol=1e-12, atol=0)
+
+
+def test_replay_output_space_and_inside_jit(case, getkey):
+    model, problem, _, _, _ = case
+    v = jr.normal(getkey(), (B, T, O))
+    eager = ds.sntk_operator(model, problem, space="output").mv(v)
+    # Inside jit `auto` uses the solve path; `replay` works too, with a static step budget.
+    solve = eqx.filter_jit(
+        lambda m, x: ds.sntk_operator(m, problem, space="output").mv(x)
+    )(model, v)
+    replay = eqx.filter_jit(
+        lambda m, x: ds.sntk_operator(m, problem, space="output", method="replay",
+                                      num_steps=512).mv(x)
+    )(model, v)
+    scale = np.max(np.abs(solve))
+    assert np.max(np.abs(eager - solve)) <= 1e-10 * scale
+    assert np.max(np.abs(replay - solve)) <= 1e-10 * scale
+
+
+def test_replay_float32():
+    m64, p64 = small_ctrnn(), small_problem()
+    f32 = lambda x: x.astype(jnp.float32) if eqx.is_inexact_array(x) else x
+    m32 = jax.tree_util.tree_map(f32, m64)
+    p32 = ds.TrajectoryProblem(f32(p64.ts), f32(p64.y0), f32(p64.inputs),
+                               input_ts=f32(p64.input_ts))
+    v = jr.normal(jr.PRNGKey(5), (B, T, N))
+    out32 = np.asarray(ds.sntk_operator(m32, p32).mv(v.astype(jnp.float32)), np.float64)
+    out64 = np.asarray(ds.sntk_operator(m64, p64).mv(v))
+    assert np.all(np.isfinite(out32))
+    assert np.max(np.abs(out32 - out64)) <= 1e-3 * np.max(np.abs(out64))
+
+
+def test_replay_bad_arguments(case):
+    model, problem, _, _, _ = case
+    with pytest.raises(ValueError, match="`method`"):
+        ds.sntk_operator(model, problem, method="fast")
+    with pytest.raises(ValueError, match="`num_steps=3` is too small"):
+        ds.jacobian_operator(model, problem, method="replay", num_steps=3)
+    with pytest.raises(ValueError, match="`num_steps`"):
+        ds.sntk_operator(model, problem, method="replay", num_steps=0)
+    implicit = ds.TrajectoryProblem(problem.ts, problem.y0, solver=dfx.Kvaerno5())
+    with pytest.raises(ValueError, match="explicit solver"):
+        ds.sntk_operator(ds.CTRNN(N, key=jr.PRNGKey(0)), implicit, method="replay")

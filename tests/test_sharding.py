@@ -58,6 +58,13 @@ _SCRIPT = textwrap.dedent(
     err = float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref)))
     assert err < 1e-12, err
 
+    # The replay path (built outside jit) stores its linearisation sharded the same way.
+    op = ds.sntk_operator(model, sharded, method="replay")
+    out2 = eqx.filter_jit(lambda o, x: o.mv(x))(op, vs)
+    assert len(out2.sharding.device_set) == 4 and not out2.sharding.is_fully_replicated
+    err2 = float(jnp.max(jnp.abs(out2 - ref)) / jnp.max(jnp.abs(ref)))
+    assert err2 < 1e-12, err2
+
     for bad in (jax.devices()[:3], "cpu"):
         try:
             ds.shard_trials(problem, bad)
