@@ -59,7 +59,7 @@ def _check_vector(vector, structure, name: str = "vector"):
         raise ValueError(
             f"`{name}` must have the operator's input structure {want}, got {got}."
         )
-    for v, s in zip(jtu.tree_leaves(vector), jtu.tree_leaves(structure)):
+    for v, s in zip(jtu.tree_leaves(vector), jtu.tree_leaves(structure), strict=True):
         if jnp.shape(v) != s.shape:
             raise ValueError(
                 f"`{name}` has a leaf of shape {jnp.shape(v)}; the operator expects {s.shape}."
@@ -240,7 +240,16 @@ def _prepare(model, problem, space, filter_spec):
     params, static = partition_model(model, filter_spec)
     if not jtu.tree_leaves(params):
         raise ValueError("`model` has no parameters selected by `filter_spec`.")
-    out_struct = eqx.filter_eval_shape(trajectory_fn(static, problem, space, "reverse"), params)
+    # The output shape without tracing a solve (`eval_shape` of a diffeqsolve costs ~1-2 s).
+    x = jax.ShapeDtypeStruct((problem.state_size,), problem.dtype)
+    if space == "output":
+        y = eqx.filter_eval_shape(lambda m, xx: m.readout(xx), model, x)
+        out_struct = jax.ShapeDtypeStruct((problem.batch_size, problem.num_times) + y.shape,
+                                          y.dtype)
+    else:
+        out_struct = jax.ShapeDtypeStruct(
+            (problem.batch_size, problem.num_times, problem.state_size), problem.dtype
+        )
     return params, static, out_struct
 
 
@@ -451,9 +460,9 @@ def _k_apply(params, static, problem, order, lam, weighted_in):
     def f_params(p, t, x, tr):
         return eqx.combine(p, static)(t, x, problem.input_at(t, tr))
 
-    def gt_lam(t, x, tr, l):
+    def gt_lam(t, x, tr, lam_t):
         _, pull = jax.vjp(lambda p: f_params(p, t, x, tr), params)
-        return pull(l)[0]
+        return pull(lam_t)[0]
 
     per_node = jax.vmap(jax.vmap(gt_lam, in_axes=(0, 0, None, 0)), in_axes=(None, 0, 0, 0))
     contrib = per_node(nodes, xs, us, lam * w3 if weighted_in else lam)

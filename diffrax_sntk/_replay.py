@@ -83,23 +83,69 @@ def _linearisable(solver):
     return solver
 
 
+def _unrolled_tableau(solver):
+    """The Butcher tableau of an explicit Runge–Kutta solver, or None (use `solver.step`)."""
+    tab = getattr(solver, "tableau", None)
+    if not isinstance(solver, dfx.AbstractERK) or tab is None or tab.a_diagonal is not None:
+        return None
+    return tab
+
+
+def _erk_step(tab, field, t0, t1, y0, f0):
+    # One explicit Runge–Kutta step with the stages unrolled in Python. diffrax's own `step`
+    # loops over stages with a (bounded) while loop writing into a stage buffer; linearised and
+    # transposed, that is a loop with per-stage dynamic slices and conditionals, and a parameter
+    # cotangent accumulated once per *stage*. Unrolled, XLA fuses the stage arithmetic and the
+    # matvec benchmark runs ~1.5-2x faster. Same tableau, same dense output (`k` = h·f, as
+    # diffrax stores it); checked against `solver.step` in the tests.
+    h = t1 - t0
+    fs = [f0]
+    yi = y0
+    for ci, ai in zip(tab.c, tab.a_lower, strict=True):
+        incr = sum(float(a) * fj for a, fj in zip(ai, fs, strict=True) if a != 0)
+        yi = y0 + h * incr
+        fs.append(field(t0 + float(ci) * h, yi))
+    if tab.ssal:
+        y1 = yi
+    else:
+        y1 = y0 + h * sum(float(b) * fj for b, fj in zip(tab.b_sol, fs, strict=True) if b != 0)
+    f1 = fs[-1] if tab.fsal else None
+    return y1, dict(y0=y0, y1=y1, k=h * jnp.stack(fs)), f1
+
+
 def _replay_trial(params, static, problem: TrajectoryProblem, x0, trial_inputs, starts, ends):
     def field(t, x, p):
         return eqx.combine(p, static)(t, x, problem.input_at(t, trial_inputs))
 
-    term = dfx.ODETerm(field)
-    solver = _linearisable(problem.solver)
-    solver_state = solver.init(term, starts[0], ends[0], x0, params)
+    tab = _unrolled_tableau(problem.solver)
+    if tab is not None:
+        f = lambda t, x: field(t, x, params)
 
-    def body(carry, t01):
-        x, state = carry
-        ta, tb = t01
-        x1, _, dense, state1, _ = solver.step(term, ta, tb, x, params, state, False)
-        return (x1, state1), dense
+        def body(carry, t01):
+            x, f0 = carry
+            ta, tb = t01
+            if f0 is None:
+                f0 = f(ta, x)
+            x1, dense, f1 = _erk_step(tab, f, ta, tb, x, f0)
+            return (x1, f1), dense
 
-    _, dense = jax.lax.scan(body, (x0, solver_state), (starts, ends))
+        init = (x0, f(starts[0], x0) if tab.fsal else None)
+    else:
+        term = dfx.ODETerm(field)
+        solver = _linearisable(problem.solver)
+
+        def body(carry, t01):
+            x, state = carry
+            ta, tb = t01
+            x1, _, dense, state1, _ = solver.step(term, ta, tb, x, params, state, False)
+            return (x1, state1), dense
+
+        init = (x0, solver.init(term, starts[0], ends[0], x0, params))
+
+    _, dense = jax.lax.scan(body, init, (starts, ends))
     # diffrax saves t_k from the first accepted step whose end is >= t_k (`ts[i] <= tnext`).
     which = jnp.clip(jnp.searchsorted(ends, problem.ts, side="left"), 0, ends.shape[0] - 1)
+    solver = problem.solver
 
     def save(n, t):
         info = jtu.tree_map(lambda a: a[n], dense)

@@ -280,3 +280,25 @@ def test_replay_bad_arguments(case):
     implicit = ds.TrajectoryProblem(problem.ts, problem.y0, solver=dfx.Kvaerno5())
     with pytest.raises(ValueError, match="explicit solver"):
         ds.sntk_operator(ds.CTRNN(N, key=jr.PRNGKey(0)), implicit, method="replay")
+
+
+@pytest.mark.parametrize(
+    "solver", [dfx.Tsit5(), dfx.Dopri5(), dfx.Dopri8(), dfx.Heun(), dfx.Bosh3(), dfx.Ralston()]
+)
+def test_unrolled_erk_step_is_diffrax_step(solver):
+    # The replay unrolls explicit Runge–Kutta stages itself; it must be diffrax's step.
+    from diffrax_sntk._replay import _erk_step, _unrolled_tableau
+
+    A = jr.normal(jr.PRNGKey(0), (3, 3))
+    field = lambda t, y: jnp.tanh(A @ y) + jnp.sin(t)
+    y0, t0, t1 = jnp.array([0.3, -0.2, 0.5]), 0.4, 0.65
+    term = dfx.ODETerm(lambda t, y, args: field(t, y))
+    state = solver.init(term, t0, t1, y0, None)
+    y1, _, dense, _, _ = solver.step(term, t0, t1, y0, None, state, False)
+    tab = _unrolled_tableau(solver)
+    ours, our_dense, _ = _erk_step(tab, field, t0, t1, y0, field(t0, y0))
+    np.testing.assert_allclose(ours, y1, rtol=1e-14, atol=1e-15)
+    for t in (t0, 0.5, t1):
+        a = solver.interpolation_cls(t0=t0, t1=t1, **dense).evaluate(t)
+        b = solver.interpolation_cls(t0=t0, t1=t1, **our_dense).evaluate(t)
+        np.testing.assert_allclose(b, a, rtol=1e-14, atol=1e-15)
