@@ -141,15 +141,21 @@ def _orthonormalise(Q, X, fill, scale):
 
     Columns that vanish after projection (an invariant subspace was found, e.g. Θ has low rank)
     are replaced by the matching columns of `fill` (fresh pseudo-random directions), so the basis
-    stays orthonormal and keeps growing.
+    stays orthonormal and keeps growing. Each projection costs a pass over the whole basis (the
+    dominant cost of a cycle at large n), so the rare breakdown repair sits behind a `cond`.
     """
     for _ in range(2):  # "twice is enough" (Kahan / Parlett)
         X = X - Q @ (Q.T @ X)
     norms = jnp.linalg.norm(X, axis=0)
     tiny = norms <= 1e3 * jnp.finfo(X.dtype).eps * scale
-    X = jnp.where(tiny[None, :], fill, X)
-    for _ in range(2):
-        X = X - Q @ (Q.T @ X)
+
+    def repair(X):
+        X = jnp.where(tiny[None, :], fill, X)
+        for _ in range(2):
+            X = X - Q @ (Q.T @ X)
+        return X
+
+    X = jax.lax.cond(jnp.any(tiny), repair, lambda X: X, X)
     X, _ = jnp.linalg.qr(X)
     # A second pass fixes the loss of orthogonality when X was nearly in span(Q).
     X = X - Q @ (Q.T @ X)
@@ -163,35 +169,49 @@ def _fill(pool, i):
     return jnp.roll(pool, 7919 * (i + 1), axis=0)
 
 
-def _ritz(Q, W, b):
-    """Rayleigh-Ritz on span(Q) given W = ΘQ; returns top-`b` values, vectors and their images."""
-    H = Q.T @ W
-    H = 0.5 * (H + H.T)
-    theta, Y = jnp.linalg.eigh(H)
-    theta, Y = theta[::-1][:b], Y[:, ::-1][:, :b]
-    return theta, Q @ Y, W @ Y
-
-
 def _residuals(theta, V, AV):
     res = jnp.linalg.norm(AV - V * theta[None, :], axis=0)
     floor = jnp.finfo(theta.dtype).eps * jnp.maximum(jnp.max(jnp.abs(theta)), jnp.finfo(theta.dtype).tiny)
     return res / jnp.maximum(jnp.abs(theta), floor)
 
 
+def _masked_ritz(H, used, b):
+    """Rayleigh-Ritz on the basis columns flagged `used` (others are zero padding): top-`b`
+    values and coefficient vectors (zero on unused columns)."""
+    both = used[:, None] & used[None, :]
+    Hm = jnp.where(both, 0.5 * (H + H.T), 0.0)
+    # Unused columns get an eigenvalue far below the spectrum, so they never rank in the top b.
+    big = 1.0 + 2.0 * jnp.sum(jnp.abs(Hm))
+    Hm = Hm - jnp.diag(jnp.where(used, 0.0, big))
+    theta, Y = jnp.linalg.eigh(Hm)
+    theta, Y = theta[::-1][:b], Y[:, ::-1][:, :b]
+    return theta, jnp.where(used[:, None], Y, 0.0)
+
+
 def _block_lanczos(block_mv, n, dtype, k, b, q, tol, max_restarts, pool, X0):
-    """Thick-restart block Lanczos on flat vectors. Returns (theta, V, res, matvecs, cycles)."""
+    """Thick-restart block Lanczos on flat vectors. Returns (theta, V, res, matvecs, cycles).
+
+    Each cycle grows the basis one block at a time and stops early once the top-`k` Ritz pairs
+    are converged by the Krylov residual estimate: with full reorthogonalisation,
+    Θ Q_{0..j} = Q_{0..j} H + Q_{j+1} C_j E_jᵀ with C_j = Q_{j+1}ᵀ Θ Q_j, so the residual of a
+    Ritz pair with coefficients y is ‖C_j y_j‖ (y_j: its last block), at no matvec and no
+    n-sized work. The exact residuals are then formed from the stored products.
+    """
     m = q * b
     U0, _ = jnp.linalg.qr(X0)
+    col = jnp.arange(m)
+    floor = jnp.finfo(dtype).eps
 
     def cycle(state):
         U, AU, have_AU, _, _, _, matvecs, cycles = state
         base = cycles * q
         Q = jnp.zeros((n, m + b), dtype).at[:, :b].set(U)
         W = jnp.zeros((n, m), dtype)
+        H = jnp.zeros((m, m), dtype)
         scale = jnp.max(jnp.linalg.norm(AU, axis=0))
 
-        def step(j, QW):
-            Q, W = QW
+        def grow(c):
+            j, Q, W, H, _ = c
             Qj = jax.lax.dynamic_slice_in_dim(Q, j * b, b, axis=1)
             # Thick restart: ΘU of the first block is already known, so it costs no matvec. The
             # single call site keeps one compiled copy of the (expensive to compile) matvec.
@@ -199,15 +219,28 @@ def _block_lanczos(block_mv, n, dtype, k, b, q, tol, max_restarts, pool, X0):
                 jnp.logical_and(j == 0, have_AU), lambda: AU, lambda: block_mv(Qj)
             )
             W = jax.lax.dynamic_update_slice_in_dim(W, Wj, j * b, axis=1)
+            Hj = Q[:, :m].T @ Wj  # (m, b): the new column block of H = QᵀΘQ
+            H = jax.lax.dynamic_update_slice_in_dim(H, Hj, j * b, axis=1)
+            H = jax.lax.dynamic_update_slice_in_dim(H, Hj.T, j * b, axis=0)
             s = jnp.maximum(jnp.max(jnp.linalg.norm(Wj, axis=0)), scale)
             Qn = _orthonormalise(Q, Wj, _fill(pool, base + j), s)
             Q = jax.lax.dynamic_update_slice_in_dim(Q, Qn, (j + 1) * b, axis=1)
-            return Q, W
+            theta, Y = _masked_ritz(H, col < (j + 1) * b, b)
+            C = Qn.T @ Wj
+            est = jnp.linalg.norm(C @ jax.lax.dynamic_slice_in_dim(Y, j * b, b, axis=0), axis=0)
+            big_enough = jnp.maximum(jnp.abs(theta), floor * jnp.max(jnp.abs(theta)))
+            converged = jnp.all(est[:k] / big_enough[:k] <= tol)
+            return j + 1, Q, W, H, converged
 
-        Q, W = jax.lax.fori_loop(0, q, step, (Q, W))
-        theta, V, AV = _ritz(Q[:, :m], W, b)
+        def more(c):
+            j, *_, converged = c
+            return jnp.logical_and(j < q, jnp.logical_not(converged))
+
+        blocks, Q, W, H, _ = jax.lax.while_loop(more, grow, (0, Q, W, H, jnp.array(False)))
+        theta, Y = _masked_ritz(H, col < blocks * b, b)
+        V, AV = Q[:, :m] @ Y, W @ Y
         res = _residuals(theta, V, AV)
-        spent = jnp.where(have_AU, (q - 1) * b, q * b)
+        spent = jnp.where(have_AU, blocks - 1, blocks) * b
         done = jnp.all(res[:k] <= tol)
         return V, AV, jnp.array(True), theta, res, done, matvecs + spent, cycles + 1
 
@@ -239,8 +272,9 @@ def _top_eigenpairs_impl(operator, k, key, tol, block_size, krylov_blocks, max_r
     n, dtype = flat.size, flat.dtype
     b = block_size
     q = krylov_blocks
-    if n <= q * b:
-        # One Krylov cycle would cost at least n matvecs: the dense matrix is cheaper and exact.
+    if n <= (max(q, 2) + 1) * b:
+        # The basis would not fit in R^n (or a cycle would cost about n matvecs): the dense
+        # matrix is cheaper and exact.
         M = _dense_matrix(flat)
         theta, Y = jnp.linalg.eigh(M)
         theta, V = theta[::-1][:k], Y[:, ::-1][:, :k]
@@ -275,13 +309,14 @@ def top_eigenpairs(
 ) -> Eigenpairs:
     r"""The `k` largest eigenpairs of a symmetric (typically PSD) lineax operator, matrix-free.
 
-    Thick-restart block Lanczos with full reorthogonalisation: each cycle builds the block Krylov
-    space $[U, ΘU, \dots, Θ^{q-1}U]$ (one `jax.vmap`-ed block matvec per step), solves the
-    Rayleigh-Ritz problem on it, measures the exact residuals $\|Θu - λu\|/|λ|$ from stored
-    products, and restarts from the best `block_size` Ritz vectors (whose images are already known,
-    so restarting costs no matvec). It stops when the top `k` residuals are below `tol` or after
-    `max_restarts` cycles. When one cycle would cost as many matvecs as the dimension, the dense
-    matrix is formed and `eigh` is used instead.
+    Thick-restart block Lanczos with full reorthogonalisation: each cycle grows the block Krylov
+    space $[U, ΘU, \dots, Θ^{q-1}U]$ one `jax.vmap`-ed block matvec at a time, solves the
+    Rayleigh-Ritz problem after every block and stops the cycle as soon as the Krylov residual
+    estimate says the top `k` pairs have converged; it then measures the exact residuals
+    $\|Θu - λu\|/|λ|$ from stored products, and restarts from the best `block_size` Ritz vectors
+    (whose images are already known, so restarting costs no matvec) unless they meet `tol`, up to
+    `max_restarts` cycles. When the basis would not fit in the dimension, the dense matrix is
+    formed and `eigh` is used instead.
 
     **Arguments:**
 
@@ -292,8 +327,9 @@ def top_eigenpairs(
     - `tol`: relative residual tolerance; default `1e-6` in float64, `1e-3` in float32.
     - `block_size`: vectors per block matvec; default `k + max(2, k // 2)`. Larger blocks cost more
         matvecs per cycle but converge in fewer cycles and batch better.
-    - `krylov_blocks`: number of blocks per cycle (Krylov depth); default so that the basis holds
-        about `max(4 block_size, 24)` vectors.
+    - `krylov_blocks`: maximum number of blocks per cycle (Krylov depth; a cycle stops early
+        once converged). Default: a basis of about `max(16 block_size, 128)` vectors, capped so
+        that the basis and its images stay within ~2 GB (float64) and at half the dimension.
     - `max_restarts`: maximum number of cycles.
     - `init`: optional warm start, vectors in the operator's input structure with a leading axis
         (e.g. `previous.vectors` from a nearby operator).
@@ -320,7 +356,11 @@ def top_eigenpairs(
         raise ValueError(f"`block_size` must be an int >= k={k}, got {block_size}.")
     b = min(b, n)
     if krylov_blocks is None:
-        q = max(3, math.ceil(max(4 * b, 24) / b))
+        # A deep basis: cycles stop early once converged, so depth costs no matvecs, and few
+        # restarts converge in fewer matvecs. Capped so that the stored basis and its images
+        # (2 × n × depth numbers) stay within ~2 GB in float64, and below the dimension.
+        depth = min(max(16 * b, 128), max(4 * b, 125_000_000 // n), max(2 * b, n // 2))
+        q = max(2, depth // b)
     else:
         q = krylov_blocks
     if not isinstance(q, int) or q < 2:
