@@ -8,7 +8,6 @@ and restarts are formed from stored products, never from fresh matvecs.
 Helpers shared with `_trace_estimators.py` (flattening, operator checks) live here too.
 """
 
-import math
 from typing import NamedTuple
 
 import equinox as eqx
@@ -19,7 +18,6 @@ import jax.random as jr
 import jax.tree_util as jtu
 import lineax as lx
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
-
 
 # ----------------------------------------------------------------------------------------------
 # Shared helpers
