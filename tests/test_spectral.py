@@ -311,24 +311,30 @@ def test_bad_input(getkey):
 
 
 @pytest.mark.slow
-def test_standard_error_coverage(ctrnn):
+def test_standard_error_coverage():
     # |estimate − exact| <= 2·standard_error (a nominal 95% interval) in >= 90% of 50 seeded runs.
-    op, _, evals, _ = ctrnn
+    # The sNTK is used directly (the replay operator compiles cheaply), and the seeds run in a
+    # Python loop over one compiled estimator: vmapping the 50 seeds over the callback operator
+    # of the fast tests did not finish in 10 minutes.
+    theta = _ctrnn_theta()
+    M = np.asarray(eqx.filter_jit(lambda op: op.as_matrix())(theta))
+    evals = np.linalg.eigvalsh(0.5 * (M + M.T))
     keys = jr.split(jr.PRNGKey(0), 50)
     tr_exact = np.sum(evals)
     pr_exact = tr_exact**2 / np.sum(evals**2)
-    for fn, exact in (
-        (lambda k: ds.trace(op, key=k, num_matvecs=16), tr_exact),
-        (lambda k: ds.effective_rank(op, key=k, num_matvecs=32), pr_exact),
-    ):
-        est = jax.vmap(fn)(keys)
-        covered = np.abs(np.asarray(est.estimate) - exact) <= 2 * np.asarray(est.standard_error)
-        assert covered.mean() >= 0.9, covered.mean()
     A, lam = _decaying_psd(jr.PRNGKey(1), 200, 0.03)
     dense = lx.MatrixLinearOperator(A, PSD)
-    est = jax.vmap(lambda k: ds.trace(dense, key=k))(keys)
-    covered = np.abs(np.asarray(est.estimate) - lam.sum()) <= 2 * np.asarray(est.standard_error)
-    assert covered.mean() >= 0.9, covered.mean()
+    cases = (
+        (theta, lambda op, k: ds.trace(op, key=k, num_matvecs=16), tr_exact),
+        (theta, lambda op, k: ds.effective_rank(op, key=k, num_matvecs=32), pr_exact),
+        (dense, lambda op, k: ds.trace(op, key=k), float(lam.sum())),
+    )
+    for op, fn, exact in cases:
+        fn = eqx.filter_jit(fn)
+        ests = [fn(op, k) for k in keys]
+        err = np.abs(np.array([float(e.estimate) for e in ests]) - exact)
+        se = np.array([float(e.standard_error) for e in ests])
+        assert np.mean(err <= 2 * se) >= 0.9, np.mean(err <= 2 * se)
 
 
 @pytest.mark.slow
