@@ -209,22 +209,51 @@ def _theta_mv(params, static, problem, space, vector):
 _METHODS = ("auto", "replay", "solve")
 
 
+def _has_jumps(controller) -> bool:
+    # diffrax re-evaluates the vector field after a jump and ends the step one ulp before it;
+    # the replay does neither, so such problems take the solve path.
+    while controller is not None:
+        if getattr(controller, "jump_ts", None) is not None:
+            return True
+        controller = getattr(controller, "controller", None)
+    return False
+
+
+def _in_trace() -> bool:
+    # Under `jit`/`vmap` tracing every new array is staged, even when the model and problem are
+    # closed-over constants.
+    return isinstance(jnp.zeros(()) + 0, jax.core.Tracer)
+
+
 def _use_replay(method, params, problem) -> bool:
     if method not in _METHODS:
         raise ValueError(f"`method` must be one of {_METHODS}, got {method!r}.")
     explicit = isinstance(problem.solver, (dfx.AbstractERK, dfx.Euler))
+    jumps = _has_jumps(problem.stepsize_controller)
     if method == "replay" and not explicit:
         raise ValueError(
             f"`method='replay'` needs an explicit solver (a Runge–Kutta ERK such as Tsit5, or "
             f"Euler), got `solver={type(problem.solver).__name__}()`; use `method='solve'`."
+        )
+    if method == "replay" and jumps:
+        raise ValueError(
+            "`method='replay'` does not support step-size controllers with `jump_ts`; use "
+            "`method='solve'`."
         )
     if method != "auto":
         return method == "replay"
     # Replay needs a concrete step count (eager construction) and differentiates the same
     # discrete map as the default `RecursiveCheckpointAdjoint`; a user-chosen adjoint (e.g. a
     # continuous `BacksolveAdjoint`) is honoured by the solve path.
-    traced = any(isinstance(x, jax.core.Tracer) for x in jtu.tree_leaves((params, problem)))
-    return explicit and not traced and type(problem.adjoint) is dfx.RecursiveCheckpointAdjoint
+    traced = _in_trace() or any(
+        isinstance(x, jax.core.Tracer) for x in jtu.tree_leaves((params, problem))
+    )
+    return (
+        explicit
+        and not jumps
+        and not traced
+        and type(problem.adjoint) is dfx.RecursiveCheckpointAdjoint
+    )
 
 
 def _lin_theta_mv(lin, vector):
@@ -244,8 +273,11 @@ def _prepare(model, problem, space, filter_spec):
     x = jax.ShapeDtypeStruct((problem.state_size,), problem.dtype)
     if space == "output":
         y = eqx.filter_eval_shape(lambda m, xx: m.readout(xx), model, x)
-        out_struct = jax.ShapeDtypeStruct((problem.batch_size, problem.num_times) + y.shape,
-                                          y.dtype)
+        out_struct = jtu.tree_map(
+            lambda a: jax.ShapeDtypeStruct((problem.batch_size, problem.num_times) + a.shape,
+                                           a.dtype),
+            y,
+        )
     else:
         out_struct = jax.ShapeDtypeStruct(
             (problem.batch_size, problem.num_times, problem.state_size), problem.dtype
@@ -285,14 +317,16 @@ def jacobian_operator(
           the solver's stages × state size per step and trial).
         - `"solve"`: every matvec is a fresh `diffeqsolve` (tangent: `ForwardMode`; adjoint:
           `problem.adjoint`). Nothing is stored; works inside `jit` at any θ.
-        - `"auto"` (default): `"replay"` when the operator is built outside a trace (concrete
-          parameters), the solver is explicit (an ERK such as Tsit5, or Euler) and
-          `problem.adjoint` is the default `RecursiveCheckpointAdjoint`; else `"solve"`.
+        - `"auto"` (default): `"replay"` when the operator is built outside `jit`/`vmap`, the
+          solver is explicit (an ERK such as Tsit5, or Euler), the controller has no
+          `jump_ts` and `problem.adjoint` is the default `RecursiveCheckpointAdjoint`; else
+          `"solve"`.
 
       Both give the same discrete map: they agree to rounding.
     - `num_steps`: replay only: the static length of the stored step grid. Default: the
-      recorded number of steps rounded up (outside `jit`), or `problem.max_steps` (inside).
-      A solve that needs more steps raises an error.
+      recorded number of steps rounded up (outside `jit`), or `problem.max_steps` (inside,
+      where every padding step still costs a step). A solve that needs more steps raises an
+      error (at construction outside `jit`, at run time inside).
 
     **Returns:**
 

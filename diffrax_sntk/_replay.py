@@ -12,10 +12,13 @@ interpolation at the observation times". Here we
 
 1. record the accepted step grid of each trial once, with the problem's own controller and
    probe tangent (one `diffeqsolve` with `SaveAt(steps=True)`);
-2. replay that grid with the solver's own `step` and `interpolation_cls` inside a fixed-length
-   `lax.scan` (padding steps have zero length, which every explicit step maps to the identity),
-   and `jax.linearize` it once: the residuals of every step are stored;
-3. serve J v as the stored linear map and Jᵀ v as its `jax.linear_transpose`.
+2. replay that grid inside a fixed-length `lax.scan` — explicit Runge–Kutta stages unrolled from
+   the solver's diffrax Butcher tableau (other explicit solvers: the solver's own `step`), dense
+   output from the solver's `interpolation_cls`; padding steps have zero length, which every
+   explicit step maps to the identity — and `jax.linearize` it once: the residuals of every step
+   are stored;
+3. serve J v as the stored linear map and Jᵀ v as its `jax.linear_transpose` (traced at call
+   time, so both directions share one copy of the residuals).
 
 A matvec then does only linear work (no primal, no error estimate, no rejected step), and a
 block of vectors shares the stored linearisation under `vmap`. The result is the same discrete
@@ -24,13 +27,19 @@ map as the reference path, so it agrees with it to rounding (tested to 1e-10 in 
 Why not diffrax itself for the replay: `StepTo` needs a strictly increasing grid of static
 length, while the number of accepted steps is only known after the recording solve and differs
 between trials; and `diffeqsolve`'s while loop cannot be linearised once and transposed — both
-its reverse-mode adjoints recompute the primal per call by design. The solver arithmetic
-(steps, FSAL, dense output) is diffrax's own.
+its reverse-mode adjoints recompute the primal per call by design. The tableau, the FSAL/SSAL
+structure and the dense output are diffrax's own (the unrolled step is tested against
+`solver.step`).
+
+Not replayed (the operators fall back to the solve path): controllers with `jump_ts`, where
+diffrax re-evaluates the vector field after each jump and the recorded step ends are shifted by
+one ulp across the jump.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 
 import diffrax as dfx
 import equinox as eqx
@@ -104,7 +113,7 @@ def _erk_step(tab, field, t0, t1, y0, f0):
     for ci, ai in zip(tab.c, tab.a_lower, strict=True):
         incr = sum(float(a) * fj for a, fj in zip(ai, fs, strict=True) if a != 0)
         yi = y0 + h * incr
-        fs.append(field(t0 + float(ci) * h, yi))
+        fs.append(field(t1 if float(ci) == 1.0 else t0 + float(ci) * h, yi))
     if tab.ssal:
         y1 = yi
     else:
@@ -170,13 +179,17 @@ def replay_trajectory_fn(static, problem: TrajectoryProblem, space: str, starts,
 
 
 class Linearisation(eqx.Module):
-    """J at a fixed θ, stored: `jvp` (parameters → trajectory tangents) and `vjp` (its exact
-    transpose), both closure-converted so that the stored residuals are pytree leaves."""
+    """J at a fixed θ, stored: `jvp` (parameters → trajectory tangents, closure-converted so that
+    the stored residuals are pytree leaves) and `vjp`, its exact transpose, traced from `jvp` at
+    call time so that both directions share one copy of the residuals."""
 
     jvp: eqx.Module
-    vjp: eqx.Module
     num_steps: jax.Array
+    param_structure: PyTree = eqx.field(static=True)
     scan_length: int = eqx.field(static=True)
+
+    def vjp(self, cotangent):
+        return jax.linear_transpose(self.jvp, self.param_structure)(cotangent)[0]
 
 
 def _linearise(params, static, problem, space, ends, length):
@@ -184,15 +197,18 @@ def _linearise(params, static, problem, space, ends, length):
     fn = replay_trajectory_fn(static, problem, space, starts, ends)
     _, f_jvp = jax.linearize(fn, params)
     p_struct = jtu.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-    jvp = eqx.filter_closure_convert(f_jvp, p_struct)
-    transpose = jax.linear_transpose(jvp, p_struct)
-    o_struct = jax.eval_shape(jvp, p_struct)
-    vjp = eqx.filter_closure_convert(lambda ct: transpose(ct)[0], o_struct)
-    return jvp, vjp
+    return eqx.filter_closure_convert(f_jvp, p_struct)
 
 
 _linearise_jit = eqx.filter_jit(_linearise)
 _record_jit = eqx.filter_jit(record_steps)
+
+
+def _check_num_steps(num_steps):
+    if num_steps is None:
+        return
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or num_steps < 1:
+        raise ValueError(f"`num_steps` must be a positive int, got {num_steps!r}.")
 
 
 def linearise(params, static, problem: TrajectoryProblem, space: str, num_steps=None):
@@ -201,26 +217,27 @@ def linearise(params, static, problem: TrajectoryProblem, space: str, num_steps=
     The scan length is static: given `num_steps`, or (outside a trace) the bucketed maximum
     number of accepted steps over the trials, or (inside a trace) `problem.max_steps`.
     """
-    if num_steps is not None and (not isinstance(num_steps, int) or num_steps < 1):
-        raise ValueError(f"`num_steps` must be a positive int, got {num_steps!r}.")
+    _check_num_steps(num_steps)
     ends, num = _record_jit(params, static, problem)
     concrete = not isinstance(num, jax.core.Tracer)
     if num_steps is None:
         length = bucket_steps(int(jnp.max(num))) if concrete else problem.max_steps
         length = min(length, problem.max_steps)
     else:
-        length = min(num_steps, problem.max_steps)
+        length = min(int(num_steps), problem.max_steps)
         if concrete and int(jnp.max(num)) > length:
             raise ValueError(
                 f"`num_steps={num_steps}` is too small: the recorded solve took "
                 f"{int(jnp.max(num))} steps."
             )
-    jvp, vjp = _linearise_jit(params, static, problem, space, ends, length)
     if not concrete:
-        # More accepted steps than the scan holds would silently truncate the trajectory.
-        num = eqx.error_if(
-            num,
+        # More accepted steps than the scan holds would silently truncate the trajectory. The
+        # check sits on `ends`, which the linearisation consumes, so it cannot be pruned.
+        ends = eqx.error_if(
+            ends,
             jnp.max(num) > length,
             "diffrax_sntk: the recorded solve took more steps than `num_steps`; increase it.",
         )
-    return Linearisation(jvp, vjp, num, length)
+    jvp = _linearise_jit(params, static, problem, space, ends, length)
+    p_struct = jtu.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    return Linearisation(jvp, num, p_struct, length)

@@ -302,3 +302,34 @@ def test_unrolled_erk_step_is_diffrax_step(solver):
         a = solver.interpolation_cls(t0=t0, t1=t1, **dense).evaluate(t)
         b = solver.interpolation_cls(t0=t0, t1=t1, **our_dense).evaluate(t)
         np.testing.assert_allclose(b, a, rtol=1e-14, atol=1e-15)
+
+
+def test_replay_selection_rules(case):
+    from diffrax_sntk._operators import _use_replay
+
+    model, problem, _, _, _ = case
+    params = flat_params(model)
+    assert _use_replay("auto", params, problem)
+    # Inside jit with the model and problem closed over (concrete leaves): solve, not a replay
+    # padded to `max_steps`.
+    seen = []
+    jax.make_jaxpr(lambda: seen.append(_use_replay("auto", params, problem)) or 0.0)()
+    assert seen == [False]
+    jumpy = ds.TrajectoryProblem(
+        problem.ts, problem.y0,
+        stepsize_controller=dfx.ClipStepSizeController(dfx.PIDController(rtol=1e-6, atol=1e-8),
+                                                       jump_ts=jnp.array([1.0])),
+    )
+    assert not _use_replay("auto", params, jumpy)
+    with pytest.raises(ValueError, match="jump_ts"):
+        _use_replay("replay", params, jumpy)
+
+
+def test_replay_too_few_steps_inside_jit_raises(case, getkey):
+    model, problem, _, _, _ = case
+    v = jr.normal(getkey(), (B, T, N))
+    f = eqx.filter_jit(
+        lambda m, x: ds.sntk_operator(m, problem, method="replay", num_steps=3).mv(x)
+    )
+    with pytest.raises(Exception, match="num_steps"):
+        jax.block_until_ready(f(model, v))
