@@ -38,7 +38,6 @@ one ulp across the jump.
 
 from __future__ import annotations
 
-import dataclasses
 import numbers
 
 import diffrax as dfx
@@ -81,15 +80,6 @@ def _step_grid(ends, t0, t_end, length: int):
     ends = jnp.where(jnp.isfinite(ends), ends, t_end)
     starts = jnp.concatenate([jnp.broadcast_to(t0, ends.shape[:1])[:, None], ends[:, :-1]], 1)
     return starts, ends
-
-
-def _linearisable(solver):
-    # diffrax's Runge–Kutta solvers loop over stages with a checkpointed while loop by default
-    # (a custom_vjp, which cannot be linearised); `scan_kind="bounded"` is the same arithmetic in a
-    # scan that JAX can linearise and transpose.
-    if getattr(solver, "scan_kind", "bounded") is None:
-        solver = dataclasses.replace(solver, scan_kind="bounded")
-    return solver
 
 
 def _unrolled_tableau(solver):
@@ -141,7 +131,8 @@ def _replay_trial(params, static, problem: TrajectoryProblem, x0, trial_inputs, 
         init = (x0, f(starts[0], x0) if tab.fsal else None)
     else:
         term = dfx.ODETerm(field)
-        solver = _linearisable(problem.solver)
+        # Other explicit solvers (Euler): the solver's own step, a plain function of its inputs.
+        solver = problem.solver
 
         def body(carry, t01):
             x, state = carry
