@@ -107,18 +107,41 @@ def test_top_eigenpairs_restarts_and_warm_start(getkey):
     n = 200
     A, lam = _decaying_psd(getkey(), n, 0.02)
     op = lx.MatrixLinearOperator(A, PSD)
-    cold = ds.top_eigenpairs(op, 4, key=getkey(), tol=1e-8, krylov_blocks=3)
+    cold = ds.top_eigenpairs(op, 4, key=getkey(), tol=1e-8, krylov_blocks=8)
     assert int(cold.num_restarts) > 1
     assert bool(jnp.all(cold.converged))
     np.testing.assert_allclose(cold.values, lam[:4], rtol=1e-10)
     r = np.linalg.norm(A @ cold.vectors.T - cold.vectors.T * cold.values, axis=0) / cold.values
     np.testing.assert_allclose(cold.residuals, r, rtol=1e-3, atol=1e-13)
-    warm = ds.top_eigenpairs(op, 4, key=getkey(), tol=1e-8, krylov_blocks=3, init=cold.vectors)
+    warm = ds.top_eigenpairs(op, 4, key=getkey(), tol=1e-8, krylov_blocks=8, init=cold.vectors)
     assert int(warm.num_matvecs) < int(cold.num_matvecs)
+    # Blocks: the same answer, and a warm start with one vector per block row.
+    blk = ds.top_eigenpairs(op, 4, key=getkey(), tol=1e-8, block_size=4, krylov_blocks=3)
+    assert int(blk.num_restarts) > 1 and bool(jnp.all(blk.converged))
+    np.testing.assert_allclose(blk.values, lam[:4], rtol=1e-10)
+    warm = ds.top_eigenpairs(op, 4, key=getkey(), tol=1e-8, block_size=4, krylov_blocks=3,
+                             init=cold.vectors)
+    assert int(warm.num_matvecs) < int(blk.num_matvecs)
+    with pytest.raises(ValueError, match="krylov_blocks"):
+        ds.top_eigenpairs(op, 4, key=getkey(), krylov_blocks=3)
     # An unreachable tolerance is flagged, not raised.
     capped = ds.top_eigenpairs(op, 4, key=getkey(), tol=1e-30, max_restarts=2)
     assert not bool(jnp.all(capped.converged))
     assert bool(jnp.all(jnp.isfinite(capped.values)))
+
+
+def test_top_eigenpairs_repeated_eigenvalue_needs_a_block(getkey):
+    # A double top eigenvalue: a block of two finds both eigenvectors.
+    n = 120
+    Q, _ = jnp.linalg.qr(jr.normal(getkey(), (n, n)))
+    lam = jnp.concatenate([jnp.array([5.0, 5.0, 3.0]), jnp.exp(-0.1 * jnp.arange(n - 3))])
+    op = lx.MatrixLinearOperator((Q * lam) @ Q.T, PSD)
+    res = ds.top_eigenpairs(op, 3, key=getkey(), tol=1e-10, block_size=2, krylov_blocks=10)
+    assert bool(jnp.all(res.converged))
+    np.testing.assert_allclose(res.values, lam[:3], rtol=1e-10)
+    P = Q[:, :2] @ Q[:, :2].T  # projector on the double eigenspace
+    for i in range(2):
+        np.testing.assert_allclose(jnp.linalg.norm(P @ res.vectors[i]), 1.0, rtol=1e-8)
 
 
 def test_top_eigenpairs_pytree_structure(getkey):
