@@ -1,7 +1,9 @@
-"""Every example runs in its smoke mode."""
+"""Every example runs in its smoke mode (`natgrad_vs_sgd` only with `-m slow`)."""
 
 import importlib.util
 import os
+
+import pytest
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
 
@@ -18,6 +20,7 @@ def test_sntk_of_your_model():
     assert float(pairs.values[0]) > 0 and float(pr.estimate) >= 1.0
 
 
+@pytest.mark.slow  # ~85 s of compiles on 2 cores; tests/test_natgrad.py covers the optimizer
 def test_natgrad_vs_sgd():
     sgd, ng = _load("natgrad_vs_sgd").main(smoke=True)
     assert len(sgd) == len(ng) and ng[-1] < ng[0]
