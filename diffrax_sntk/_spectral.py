@@ -252,8 +252,10 @@ def _block_lanczos(rows_mv, n, dtype, k, r, b, q, tol, max_restarts, pool, X0):
     # that a warm start whose vectors are near eigenvectors of overtaken eigenvalues still sees
     # some Krylov space.
     min_blocks = min(q, max(3, -(-r // b) + 1))
-    S0, _ = jnp.linalg.qr(X0.T)
-    S0 = S0.T
+    if b == 1:
+        S0 = X0 / jnp.linalg.norm(X0)
+    else:
+        S0 = jnp.linalg.qr(X0.T)[0].T
 
     def cycle(state):
         V, AV, theta_prev, have_V, S, _, _, matvecs, cycles = state
