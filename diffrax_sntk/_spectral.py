@@ -8,6 +8,7 @@ and restarts are formed from stored products, never from fresh matvecs.
 Helpers shared with `_trace_estimators.py` (flattening, operator checks) live here too.
 """
 
+import math
 from typing import NamedTuple
 
 import equinox as eqx
@@ -206,15 +207,18 @@ def _orthonormalise_rows(Q, W, fill, scale):
 
 
 def _fill(pool, i):
-    # Random numbers are drawn once, and a cyclic shift of the Gaussian pool serves as a fresh
-    # direction for breakdown recovery (every random call site costs compile time on CPU).
-    return jnp.roll(pool, 7919 * (i + 1), axis=1)
+    # Random numbers are drawn once, and a cyclic shift of the pool serves as a fresh direction
+    # for breakdown recovery (every random call site costs compile time on CPU). The shift is
+    # never a multiple of n (a zero shift would return a direction already in the basis).
+    n = pool.shape[1]
+    return jnp.roll(pool, 1 + (7919 * (i + 1)) % max(n - 1, 1), axis=1)
 
 
 def _residuals(theta, V, AV):
     """Relative residuals of row-stored Ritz pairs."""
     res = jnp.linalg.norm(AV - V * theta[:, None], axis=1)
-    floor = jnp.finfo(theta.dtype).eps * jnp.maximum(jnp.max(jnp.abs(theta)), jnp.finfo(theta.dtype).tiny)
+    info = jnp.finfo(theta.dtype)
+    floor = jnp.maximum(info.eps * jnp.max(jnp.abs(theta)), info.tiny)
     return res / jnp.maximum(jnp.abs(theta), floor)
 
 
@@ -247,11 +251,12 @@ def _block_lanczos(rows_mv, n, dtype, k, r, b, q, tol, max_restarts, pool, X0):
     kept = r
     size = kept + q * b  # rows of H
     col = jnp.arange(size)
-    floor = jnp.finfo(dtype).eps
-    # Enough blocks that the top-r Ritz pairs exist in the first cycle, and at least three, so
-    # that a warm start whose vectors are near eigenvectors of overtaken eigenvalues still sees
-    # some Krylov space.
-    min_blocks = min(q, max(3, -(-r // b) + 1))
+    info = jnp.finfo(dtype)
+    # At least three blocks per cycle, so that a warm start whose vectors are near eigenvectors
+    # of overtaken eigenvalues still sees some Krylov space; in the first cycle (nothing kept)
+    # also enough blocks for the top-r Ritz pairs to exist.
+    first_min_blocks = min(q, max(3, -(-r // b) + 1))
+    later_min_blocks = min(q, 3)
     if b == 1:
         S0 = X0 / jnp.linalg.norm(X0)
     else:
@@ -291,9 +296,12 @@ def _block_lanczos(rows_mv, n, dtype, k, r, b, q, tol, max_restarts, pool, X0):
             # Bound on the residual: the part along the next block, plus whatever a breakdown
             # repair discarded from this block.
             est = jnp.linalg.norm(C @ Yj, axis=0) + dropped * jnp.linalg.norm(Yj, axis=0)
-            big_enough = jnp.maximum(jnp.abs(theta), floor * jnp.max(jnp.abs(theta)))
+            big_enough = jnp.maximum(
+                jnp.abs(theta), jnp.maximum(info.eps * jnp.max(jnp.abs(theta)), info.tiny)
+            )
             converged = jnp.logical_and(
-                jnp.all(est[:k] / big_enough[:k] <= tol), j + 1 >= min_blocks
+                jnp.all(est[:k] / big_enough[:k] <= tol),
+                j + 1 >= jnp.where(have_V, later_min_blocks, first_min_blocks),
             )
             return j + 1, Q, W, H, scale, theta, Y, converged
 
@@ -335,14 +343,36 @@ def _default_tol(dtype) -> float:
     return 1e-6 if jnp.finfo(dtype).bits >= 64 else 1e-3
 
 
-def _rbg_key(key):
-    # The starting block comes from XLA's RngBitGenerator, keyed deterministically by the user's
-    # key: compiling threefry's normal sampler costs ~1 s on CPU, a third of this solver's
-    # compile time, and a starting block needs no more than a good pseudo-random direction.
+def _fmix32(x):
+    # MurmurHash3's 32-bit finaliser: a bijective avalanche mix of uint32 words.
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def _start_pool(key, shape, dtype):
+    """Uniform(−1, 1) numbers, a deterministic function of `key`, for the start block and the
+    breakdown fill.
+
+    Not `jax.random`: compiling threefry's sampler costs ~1 s on CPU (a third of this solver's
+    compile time), and XLA's RngBitGenerator, which compiles fast, is batched under `vmap` by
+    drawing every member of the batch from the first key. A counter hashed with the key's words
+    is elementwise (so `vmap` over keys is exact), identical on every backend, compiles into one
+    fusion, and is all a Krylov start vector needs.
+    """
     data = jr.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    data = jnp.ravel(data).astype(jnp.uint32)
-    data = jnp.concatenate([data, data ^ jnp.uint32(0x9E3779B9), jnp.zeros((4,), jnp.uint32)])
-    return jr.wrap_key_data(data[:4], impl="rbg")
+    data = jnp.asarray(data).astype(jnp.uint32)
+    if data.ndim != 1:
+        raise ValueError(f"`key` must be a single PRNG key, got key data of shape {data.shape}.")
+    seed = jnp.uint32(0x3C6EF372)
+    for word in data:
+        seed = _fmix32(seed ^ word) + jnp.uint32(0x9E3779B9)
+    count = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+    bits = _fmix32(_fmix32(count * jnp.uint32(0x9E3779B9) + seed) ^ (seed >> 7))
+    u = (bits >> 8).astype(dtype) * (2.0 / (1 << 24)) - 1.0
+    return u
 
 
 @eqx.filter_jit
@@ -360,14 +390,16 @@ def _top_eigenpairs_impl(operator, k, key, tol, r, block_size, krylov_blocks, ma
         res = _residuals(theta, V, V @ M)
         matvecs, cycles = jnp.array(n), jnp.array(0)
     else:
-        pool = jr.normal(_rbg_key(key), (2 * b, n), dtype)
+        pool = _start_pool(key, (2 * b, n), dtype)
         X0, pool = pool[:b], pool[b:]
         if init is not None:
             X_init = jax.vmap(lambda v: jfu.ravel_pytree(v)[0])(init).astype(dtype)
             # Each start row gets the sum of the warm-start vectors assigned to it (round robin),
             # plus a little of the random row so that no direction is excluded.
             assign = jax.nn.one_hot(jnp.arange(X_init.shape[0]) % b, b, dtype=dtype)
-            X_w = assign.T @ (X_init / jnp.linalg.norm(X_init, axis=1, keepdims=True))
+            tiny = jnp.finfo(dtype).tiny
+            norms = jnp.maximum(jnp.linalg.norm(X_init, axis=1, keepdims=True), tiny)
+            X_w = assign.T @ (X_init / norms)
             X_r = X0 / jnp.linalg.norm(X0, axis=1, keepdims=True)
             X0 = X_w + 1e-3 * X_r
         theta, V, res, matvecs, cycles = _block_lanczos(
@@ -398,7 +430,8 @@ def top_eigenpairs(
     matvec), solves the Rayleigh-Ritz problem after every block and stops the cycle as soon as
     the Krylov residual estimate says the top `k` pairs have converged; it then measures the
     exact residuals $\|Θu - λu\|/|λ|$ from stored products, and unless they meet `tol` restarts
-    with the best `k + max(2, k // 2)` Ritz vectors kept (their images are already known, so a
+    with the best `max(block_size, k + max(2, k // 2))` Ritz vectors kept (their images are
+    already known, so a
     restart costs no matvec), up to `max_restarts` cycles. When the basis would not fit in the
     dimension, the dense matrix is formed and `eigh` is used instead.
 
@@ -416,7 +449,8 @@ def top_eigenpairs(
     - `krylov_blocks`: maximum number of blocks per cycle (Krylov depth; a cycle stops early
         once converged). Default: a basis of about `max(16 block_size, 128)` vectors, capped so
         that the basis and its images stay within ~2 GB (float64) and at half the dimension.
-        At least `k + max(2, k // 2) + block_size` vectors (restarts keep that many).
+        At least `max(block_size, k + max(2, k // 2)) + block_size` vectors (restarts keep the
+        first term).
     - `max_restarts`: maximum number of cycles.
     - `init`: optional warm start, vectors in the operator's input structure with a leading axis
         (e.g. `previous.vectors` from a nearby operator).

@@ -144,6 +144,33 @@ def test_top_eigenpairs_repeated_eigenvalue_needs_a_block(getkey):
         np.testing.assert_allclose(jnp.linalg.norm(P @ res.vectors[i]), 1.0, rtol=1e-8)
 
 
+def test_top_eigenpairs_low_rank_zero_and_vmapped_keys(getkey):
+    # Rank 3 < k = 5, at a dimension where a cyclic shift by 7919 is the identity: every
+    # breakdown repair must bring a new direction.
+    n = 7919
+    U, _ = jnp.linalg.qr(jr.normal(getkey(), (n, 3)))
+    lam = jnp.array([3.0, 2.0, 1.0])
+    struct = jax.ShapeDtypeStruct((n,), jnp.float64)
+    op = lx.FunctionLinearOperator(lambda v: U @ (lam * (U.T @ v)), struct, PSD)
+    res = ds.top_eigenpairs(op, 5, key=getkey())
+    # (The null-space pairs' residuals are relative to the eps·λ_max floor, so only ~1.)
+    assert bool(jnp.all(res.converged[:3]))
+    np.testing.assert_allclose(res.values[:3], lam, rtol=1e-12)
+    assert float(jnp.max(jnp.abs(res.values[3:]))) <= 1e-12
+    np.testing.assert_allclose(jnp.linalg.norm(res.vectors, axis=1), 1.0, rtol=1e-12)
+    zero = lx.FunctionLinearOperator(lambda v: 0.0 * v, struct, PSD)
+    res = ds.top_eigenpairs(zero, 2, key=getkey())
+    assert bool(jnp.all(res.converged)) and bool(jnp.all(res.values == 0))
+    # vmap over keys: each member is the unbatched call with its own key.
+    A, _ = _decaying_psd(getkey(), 60, 0.1)
+    small = lx.MatrixLinearOperator(A, PSD)
+    keys = jr.split(getkey(), 2)
+    batched = jax.vmap(lambda k: ds.top_eigenpairs(small, 2, key=k, max_restarts=1).vectors)(keys)
+    for i in range(2):
+        one = ds.top_eigenpairs(small, 2, key=keys[i], max_restarts=1).vectors
+        np.testing.assert_allclose(batched[i], one, rtol=1e-10, atol=1e-12)
+
+
 def test_top_eigenpairs_pytree_structure(getkey):
     # Input structure is a pytree: Θ = J Jᵀ of a tiny function of 6 parameters.
     params = jr.normal(getkey(), (6,))
