@@ -78,15 +78,17 @@ def case(name, n_state, batch, time_points, k, depth, tol, baseline=True):
     wall, res, check = run_ours(theta, k, tol)
     print(
         f"  ours (Lanczos, block_size={BLOCK or 1}, method={METHOD}): total {build + wall:7.2f} s "
-        f"incl. compile "
-        f"(operator build {build:.2f} s + eigensolve {wall:.2f} s), {int(res.num_matvecs)} matvecs, "
+        f"incl. compile (operator build {build:.2f} s + eigensolve {wall:.2f} s), "
+        f"{int(res.num_matvecs)} matvecs, "
         f"{int(res.num_restarts)} cycles, max residual {float(jnp.max(check)):.1e} "
         f"(reported {float(jnp.max(res.residuals)):.1e}), converged {bool(jnp.all(res.converged))}"
     )
     print(f"  eigenvalues: {jnp.asarray(res.values)}")
     # The same eigensolve again, compiled: separates compilation from the run.
     t0 = time.perf_counter()
-    jax.block_until_ready(ds.top_eigenpairs(theta, k, key=jr.PRNGKey(42), tol=tol, block_size=BLOCK))
+    jax.block_until_ready(
+        ds.top_eigenpairs(theta, k, key=jr.PRNGKey(42), tol=tol, block_size=BLOCK)
+    )
     again = time.perf_counter() - t0
     print(f"  eigensolve again (already compiled): {again:.2f} s")
     # One compiled matvec on its own: the floor that the matvec count multiplies.
@@ -137,7 +139,9 @@ def crossover(sizes, batch, time_points, k, tol):
         jax.block_until_ready(dense_eigh(theta))
         t_dense = time.perf_counter() - t0 + build
         t0 = time.perf_counter()
-        jax.block_until_ready(ds.top_eigenpairs(theta, k, key=jr.PRNGKey(0), tol=tol, block_size=BLOCK))
+        jax.block_until_ready(
+            ds.top_eigenpairs(theta, k, key=jr.PRNGKey(0), tol=tol, block_size=BLOCK)
+        )
         t_free = time.perf_counter() - t0 + build
         rows.append((n, t_dense, t_free))
         print(f"  dim {n:6d}: dense {t_dense:7.2f} s, matrix-free {t_free:7.2f} s (incl. compile)")
