@@ -116,8 +116,9 @@ class Eigenpairs(eqx.Module):
     - `values`: the `k` largest eigenvalues, in descending order, shape `(k,)`.
     - `vectors`: the matching unit eigenvectors in the operator's input structure, each leaf with a
         leading axis of size `k` (so `jtu.tree_map(lambda v: v[i], vectors)` is the `i`-th vector).
-    - `residuals`: relative residual norms ‖Θu − λu‖ / |λ| per pair, shape `(k,)` (the denominator is
-        floored at `eps · λ_max` so that zero eigenvalues give a finite number).
+    - `residuals`: relative residual norms ‖Θu − λu‖ / |λ| per pair, shape `(k,)` (the
+        denominator is floored at `eps · λ_max`, and at the smallest normal number, so that zero
+        eigenvalues and a zero operator give a finite number).
     - `converged`: boolean per pair, `residuals <= tol`. Not meeting the tolerance is reported here,
         never raised.
     - `num_matvecs`: number of operator matvecs spent (a scalar integer array).
@@ -371,8 +372,7 @@ def _start_pool(key, shape, dtype):
         seed = _fmix32(seed ^ word) + jnp.uint32(0x9E3779B9)
     count = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
     bits = _fmix32(_fmix32(count * jnp.uint32(0x9E3779B9) + seed) ^ (seed >> 7))
-    u = (bits >> 8).astype(dtype) * (2.0 / (1 << 24)) - 1.0
-    return u
+    return (bits >> 8).astype(dtype) * (2.0 / (1 << 24)) - 1.0
 
 
 @eqx.filter_jit
