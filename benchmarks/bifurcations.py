@@ -20,10 +20,11 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
-import diffrax_sntk as ds  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
+
+import diffrax_sntk as ds  # noqa: E402
 
 
 def vector_field(x, params):

@@ -77,7 +77,7 @@ def main():
         runs[name] = [step, model, state, []]
 
     for _ in range(args.steps):
-        for name, run in runs.items():
+        for _name, run in runs.items():
             step, model, state, times = run
             start = time.perf_counter()
             model, state, loss = step(model, state)
@@ -94,7 +94,7 @@ def main():
         f"{'float64' if args.x64 else 'float32'}"
     )
     print(f"{'optimizer':10s} {'median ms':>10s} {'/ SGD':>7s} {'mean ms':>9s} {'/ SGD':>7s}")
-    for name, (_, model, _, times) in runs.items():
+    for name, (_, _model, _, times) in runs.items():
         med, mean = np.median(times), np.mean(times)
         print(
             f"{name:10s} {1e3 * med:10.2f} {med / sgd:7.2f} {1e3 * mean:9.2f} "

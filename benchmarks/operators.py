@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from _timing import first_call, median_time  # noqa: E402  (benchmarks/_timing.py)
-
 import jax
+from _timing import first_call, median_time  # noqa: E402  (benchmarks/_timing.py)
 
 jax.config.update("jax_enable_x64", True)
 

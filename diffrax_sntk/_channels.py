@@ -142,9 +142,10 @@ class BifurcationChannels(eqx.Module):
         if bool(self.far_from_critical):
             lam = complex(self.critical_eigenvalue)
             out.append(
-                f"leading eigenvalue λ_c = {lam.real:.3g}{lam.imag:+.3g}i is far from the imaginary "
-                f"axis relative to the rest of the spectrum: |Re λ_c| / min|Re λ_other| = "
-                f"{float(self.gap_ratio):.3g} > gap_tol = {self.gap_tol:.3g}. The split is exact, "
+                f"leading eigenvalue λ_c = {lam.real:.3g}{lam.imag:+.3g}i is far from the "
+                "imaginary axis relative to the rest of the spectrum: "
+                f"|Re λ_c| / min|Re λ_other| = {float(self.gap_ratio):.3g} > gap_tol = "
+                f"{self.gap_tol:.3g}. The split is exact, "
                 "but Θ need not be dominated by the bifurcation channel here."
             )
         return tuple(out)

@@ -66,7 +66,9 @@ class CTRNN(eqx.Module):
             ("output_size", output_size),
         ):
             if not isinstance(value, int) or value < 0 or (name == "hidden_size" and value == 0):
-                raise ValueError(f"`{name}` must be a non-negative int (hidden_size > 0), got {value!r}.")
+                raise ValueError(
+                    f"`{name}` must be a non-negative int (hidden_size > 0), got {value!r}."
+                )
         if not tau > 0:
             raise ValueError(f"`tau` must be positive, got {tau!r}.")
         dtype = jnp.zeros(()).dtype if dtype is None else dtype

@@ -107,7 +107,7 @@ def _check_tree(tree, structure, name: str, what: str) -> None:
     got, want = jtu.tree_structure(tree), jtu.tree_structure(structure)
     if got != want:
         raise ValueError(f"`{name}` must have the structure of {what} {want}, got {got}.")
-    for leaf, s in zip(jtu.tree_leaves(tree), jtu.tree_leaves(structure)):
+    for leaf, s in zip(jtu.tree_leaves(tree), jtu.tree_leaves(structure), strict=True):
         if jnp.shape(leaf) != tuple(s.shape):
             raise ValueError(
                 f"`{name}` has a leaf of shape {jnp.shape(leaf)}, but {what} expects {s.shape}."

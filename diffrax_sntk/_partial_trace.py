@@ -9,7 +9,6 @@ import lineax as lx
 
 from ._spectral import _check_operator
 
-
 _AXIS_NAMES = {"batch": 0, "time": 1, "state": 2}
 
 
@@ -17,7 +16,9 @@ def _normalise_axes(axes, ndim: int) -> tuple[int, ...]:
     if isinstance(axes, (str, int)):
         axes = (axes,)
     if not isinstance(axes, Sequence) or len(axes) == 0:
-        raise TypeError(f"`axes` must be a name, an int or a non-empty tuple of them, got {axes!r}.")
+        raise TypeError(
+            f"`axes` must be a name, an int or a non-empty tuple of them, got {axes!r}."
+        )
     out = []
     for a in axes:
         if isinstance(a, str):
@@ -47,7 +48,8 @@ def partial_trace(
     operator: lx.AbstractLinearOperator,
     axes: str | int | tuple[str | int, ...],
 ) -> lx.FunctionLinearOperator:
-    r"""Exact partial trace of an operator on arrays, e.g. Θ on (batch, time, state), as an operator.
+    r"""Exact partial trace of an operator on arrays, e.g. Θ on (batch, time, state), as an
+    operator.
 
     Splitting the index of Θ into traced indices $a$ and kept indices $i$,
     $$(\operatorname{Tr}_a Θ)_{i,j} = \sum_a Θ_{(a,i),(a,j)}.$$

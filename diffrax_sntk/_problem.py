@@ -112,7 +112,9 @@ class TrajectoryProblem(eqx.Module):
         if not jnp.issubdtype(ts.dtype, jnp.floating):
             ts = ts.astype(jnp.zeros(()).dtype)
         if ts.ndim != 1 or ts.shape[0] < 1:
-            raise ValueError(f"`ts` must be a 1-D array of observation times, got shape {ts.shape}.")
+            raise ValueError(
+                f"`ts` must be a 1-D array of observation times, got shape {ts.shape}."
+            )
         y0 = jnp.asarray(y0)
         if not jnp.issubdtype(y0.dtype, jnp.floating):
             y0 = y0.astype(ts.dtype)
@@ -194,8 +196,8 @@ class TrajectoryProblem(eqx.Module):
                 atol = 1e-7 if atol is None else atol
             if solver.error_order(dfx.ODETerm(lambda t, y, a: y)) is None:
                 raise ValueError(
-                    f"`solver={type(solver).__name__}()` has no error estimate, so it cannot use the "
-                    "default adaptive controller: pass `stepsize_controller="
+                    f"`solver={type(solver).__name__}()` has no error estimate, so it cannot use "
+                    "the default adaptive controller: pass `stepsize_controller="
                     "diffrax.ConstantStepSize()` and `dt0`."
                 )
             stepsize_controller = dfx.PIDController(
@@ -334,7 +336,8 @@ def integrate(
     controller = problem.stepsize_controller if stepsize_controller is None else stepsize_controller
     t_start = problem.t0 if t_start is None else t_start
     save_ts = problem.ts if save_ts is None else save_ts
-    t_end = (problem.ts[-1] if isinstance(save_ts, str) else save_ts[-1]) if t_end is None else t_end
+    if t_end is None:
+        t_end = problem.ts[-1] if isinstance(save_ts, str) else save_ts[-1]
     use_probe = problem.tangent_control and isinstance(
         controller, dfx.AbstractAdaptiveStepSizeController
     )

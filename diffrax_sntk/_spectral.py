@@ -76,8 +76,8 @@ def _flatten_operator(operator, name: str = "operator") -> _FlatOperator:
         return eqx.error_if(
             Y,
             jnp.logical_not(jnp.isfinite(jnp.sum(Y))),
-            f"`{name}.mv` returned non-finite values (NaN or inf); check the operator (for an sNTK: "
-            "the ODE solve, its step-size controller and max_steps).",
+            f"`{name}.mv` returned non-finite values (NaN or inf); check the operator "
+            "(for an sNTK: the ODE solve, its step-size controller and max_steps).",
         )
 
     def block_mv(X):
@@ -437,8 +437,8 @@ def top_eigenpairs(
 
     **Arguments:**
 
-    - `operator`: a lineax operator with `lineax.symmetric_tag` and equal input/output structure, e.g.
-        `ds.sntk_operator(model, problem)`.
+    - `operator`: a lineax operator with `lineax.symmetric_tag` and equal input/output
+        structure, e.g. `ds.sntk_operator(model, problem)`.
     - `k`: number of eigenpairs, `1 <= k <= dimension`.
     - `key`: a JAX PRNG key for the random starting block.
     - `tol`: relative residual tolerance; default `1e-6` in float64, `1e-3` in float32.

@@ -1,8 +1,8 @@
 """Trace, squared Frobenius norm, effective rank and kernel alignment of symmetric lineax operators.
 
-Every estimator returns an [`Estimate`][diffrax_sntk.Estimate] (value, standard error, matvecs spent)
-and has an exact path through the dense matrix that is taken automatically when forming the matrix
-costs no more matvecs than the stochastic estimator would.
+Every estimator returns an [`Estimate`][diffrax_sntk.Estimate] (value, standard error, matvecs
+spent) and has an exact path through the dense matrix that is taken automatically when forming the
+matrix costs no more matvecs than the stochastic estimator would.
 """
 
 from typing import Literal, NamedTuple
@@ -183,13 +183,13 @@ def _trace_and_frobenius(operator, key, m, combine):
     psd = lx.is_positive_semidefinite(operator)
 
     def statistic(i):
-        O = Omega[:, i]
+        omega_i = Omega[:, i]
         if psd:
-            t = _xnystrace(O, Y1[:, i])
+            t = _xnystrace(omega_i, Y1[:, i])
         else:
-            t = jnp.mean(jnp.sum(O * Y1[:, i], axis=0))
+            t = jnp.mean(jnp.sum(omega_i * Y1[:, i], axis=0))
         # Θ² is PSD for any symmetric Θ, so XNysTrace always applies to tr Θ² = ‖Θ‖_F².
-        f = _xnystrace(O, Y2[:, i])
+        f = _xnystrace(omega_i, Y2[:, i])
         return combine(t, f)
 
     value, se = _jackknife(statistic, m)
@@ -318,8 +318,8 @@ def effective_rank(
         $Ω, ΘΩ, Θ^2Ω$ (XNysTrace leave-one-out estimates, `num_matvecs // 2` probes); the standard
         error is the delta method on the paired leave-one-out estimates.
     - `"entropy"`: $\exp(-\sum_i p_i \log p_i)$ with $p_i = λ_i / \operatorname{tr} Θ$, via
-        $H = \log \operatorname{tr} Θ - \operatorname{tr}(Θ \log Θ)/\operatorname{tr} Θ$ and stochastic
-        Lanczos quadrature (Rademacher probes, `lanczos_depth` Lanczos steps each, so
+        $H = \log \operatorname{tr} Θ - \operatorname{tr}(Θ \log Θ)/\operatorname{tr} Θ$ and
+        stochastic Lanczos quadrature (Rademacher probes, `lanczos_depth` Lanczos steps each, so
         `num_matvecs // lanczos_depth` probes). The standard error covers the probe noise, not the
         quadrature bias, which is small once `lanczos_depth` exceeds the number of dominant
         eigenvalues.
@@ -401,9 +401,9 @@ def alignment(
 ) -> Estimate:
     r"""Kernel alignment $⟨A, B⟩_F / (\|A\|_F \|B\|_F)$ of two symmetric operators.
 
-    Girard-Hutchinson estimates of $\operatorname{tr}(AB)$, $\|A\|_F^2$ and $\|B\|_F^2$ from the same
-    Rademacher probes (`num_matvecs` matvecs of each operator), combined by the delta method for
-    the standard error. Alignment 1 means the kernels are proportional.
+    Girard-Hutchinson estimates of $\operatorname{tr}(AB)$, $\|A\|_F^2$ and $\|B\|_F^2$ from the
+    same Rademacher probes (`num_matvecs` matvecs of each operator), combined by the delta method
+    for the standard error. Alignment 1 means the kernels are proportional.
 
     **Arguments:**
 

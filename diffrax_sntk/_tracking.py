@@ -241,8 +241,8 @@ def track_bifurcations(
             for k in np.where(changed[:, b])[0]:
                 if not alive[k, b]:
                     break
-                pa = jtu.tree_map(lambda a: a[k], dyn_seq)
-                pb = jtu.tree_map(lambda a: a[k + 1], dyn_seq)
+                pa = jtu.tree_map(lambda a, k=k: a[k], dyn_seq)
+                pb = jtu.tree_map(lambda a, k=k: a[k + 1], dyn_seq)
                 direction = jtu.tree_map(
                     lambda u, v: v - u if jnp.issubdtype(u.dtype, jnp.inexact) else u, pa, pb
                 )

@@ -125,7 +125,8 @@ def plot_channel_collapse(
     splits = list(splits)
     if d.ndim != 1 or d.shape[0] != len(splits):
         raise ValueError(
-            f"`distances` must be 1-D with one entry per split ({len(splits)}), got shape {d.shape}."
+            f"`distances` must be 1-D with one entry per split ({len(splits)}), got shape "
+            f"{d.shape}."
         )
     frac = np.array([float(s.energy_fraction) for s in splits])
     rank = np.array([float(s.effective_rank) for s in splits])

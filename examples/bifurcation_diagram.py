@@ -16,12 +16,14 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-import diffrax_sntk as ds  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import matplotlib  # noqa: E402
 
+import diffrax_sntk as ds  # noqa: E402
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
 from diffrax_sntk.plotting import plot_bifurcation_diagram  # noqa: E402
 
 

@@ -59,7 +59,7 @@ def main(smoke: bool = False, learning_rate: float = 0.5):
     ng = train(ds.low_rank_natural_gradient(learning_rate, rank=1, refresh_every=1,
                                             loss_hessian=2.0 / target.size), True)
     for name, losses in (("SGD", sgd), ("natural gradient", ng)):
-        rises = [b / a - 1 for a, b in zip(losses, losses[1:])]
+        rises = [b / a - 1 for a, b in zip(losses, losses[1:], strict=False)]
         print(f"{name:>17}: final loss {losses[-1]:.3e}, largest rise between steps "
               f"{max(rises):+.1%}")
     return sgd, ng

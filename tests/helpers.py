@@ -13,12 +13,12 @@ import numpy as np
 import diffrax_sntk as ds
 
 # The standard small CTRNN case: N = 3 states, M = 2 inputs, 2 outputs, B = 2 trials, T = 6.
-N, M, O, B, T = 3, 2, 2, 2, 6
+N, M, OUT, B, T = 3, 2, 2, 2, 6
 
 
 @ft.cache
 def small_ctrnn(dtype=jnp.float64, with_inputs=True):
-    model = ds.CTRNN(N, input_size=M if with_inputs else 0, output_size=O, key=jr.PRNGKey(0),
+    model = ds.CTRNN(N, input_size=M if with_inputs else 0, output_size=OUT, key=jr.PRNGKey(0),
                      gain=1.2, dtype=dtype)
     model = eqx.tree_at(lambda m: m.b, model, 0.1 * jr.normal(jr.PRNGKey(7), (N,), dtype))
     return model

@@ -1,8 +1,10 @@
-import diffrax_sntk as ds
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+
+import diffrax_sntk as ds
+
 from .helpers_bifurcation import (
     FOLD,
     GainCTRNN,

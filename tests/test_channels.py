@@ -58,7 +58,8 @@ def test_scalar_channel_is_everything(scalar_case):
     # Profile of the forcing direction: (1 − e^{μt})/|μ| along v.
     ts = np.asarray(problem.ts)
     expected = (1 - np.exp(mu * ts)) / abs(mu)
-    got = np.asarray(split.profile_computed)[0, :, 0] * np.sign(np.asarray(split.right_eigenvector.real)[0])
+    sign = np.sign(np.asarray(split.right_eigenvector.real)[0])
+    got = np.asarray(split.profile_computed)[0, :, 0] * sign
     assert np.max(np.abs(got - expected)) < 1e-6
     assert float(split.profile_error) < 1e-6
     assert np.max(np.abs(np.asarray(split.profile_predicted)[0, :, 0] - got)) < 1e-6
@@ -68,9 +69,9 @@ def test_scalar_channel_is_everything(scalar_case):
 
 def test_scalar_float32_smoke():
     problem = _scalar_problem(jnp.float32)
-    split = eqx.filter_jit(lambda m: ds.bifurcation_channels(m, problem, jnp.zeros(1, jnp.float32)))(
-        _scalar_model(-0.5, jnp.float32)
-    )
+    split = eqx.filter_jit(
+        lambda m: ds.bifurcation_channels(m, problem, jnp.zeros(1, jnp.float32))
+    )(_scalar_model(-0.5, jnp.float32))
     assert split.energy_fraction.dtype == jnp.float32
     assert abs(float(split.energy_fraction) - 1) < 1e-4
     assert float(split.profile_error) < 1e-3
@@ -149,7 +150,7 @@ def test_ctrnn_channel_grows_towards_bifurcation(ctrnn_case):
     assert int(last.rank) == 2
     assert last.warnings == ()
     # The leading eigenvalue tracks μ (x* ≈ 0 because b is small).
-    for mu, lam in zip(MUS, lams):
+    for mu, lam in zip(MUS, lams, strict=True):
         assert abs(lam - mu) < 0.01
 
 

@@ -1,9 +1,11 @@
-import diffrax_sntk as ds
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+import diffrax_sntk as ds
+
 from .helpers_bifurcation import GainCTRNN, random_w0, scalar_ctrnn
 
 STARTS = jnp.linspace(-3.0, 3.0, 7)[:, None]
@@ -18,7 +20,10 @@ def test_multistart_dedupe_and_stability():
     assert xs[1] == pytest.approx(0.0, abs=1e-10)
     assert xs[2] == pytest.approx(-xs[0]) and xs[2] == pytest.approx(2 * np.tanh(xs[2]), abs=1e-10)
     # The origin is unstable (eigenvalue g − 1 = 1), the two symmetric points stable.
-    stable = {round(float(x), 6): bool(s) for x, s in zip(unique.states[:, 0], unique.stable)}
+    stable = {
+        round(float(x), 6): bool(s)
+        for x, s in zip(unique.states[:, 0], unique.stable, strict=True)
+    }
     assert stable[0.0] is False and sum(stable.values()) == 2
     assert np.all(np.asarray(fps.residuals) < 1e-9)
     rep = np.asarray(fps.representative)

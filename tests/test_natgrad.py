@@ -21,7 +21,6 @@ import pytest
 
 import diffrax_sntk as ds
 
-
 # ----------------------------------------------------------------------------------------------
 # A least-squares problem with a known spectrum: J = U diag(σ) Vᵀ, G = JᵀJ = V diag(σ²) Vᵀ.
 
@@ -180,7 +179,7 @@ def test_state_serialises(tmp_path):
     eqx.tree_serialise_leaves(path, state)
     like = opt.init(jnp.zeros_like(g))
     loaded = eqx.tree_deserialise_leaves(path, like)
-    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(loaded)):
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(loaded), strict=True):
         np.testing.assert_array_equal(a, b)
     u1, s1 = update(g, state, J)
     u2, s2 = update(g, loaded, J)

@@ -1,7 +1,8 @@
-import diffrax_sntk as ds
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+import diffrax_sntk as ds
 
 from .helpers_bifurcation import (
     FOLD,

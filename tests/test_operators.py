@@ -11,7 +11,7 @@ import pytest
 
 import diffrax_sntk as ds
 
-from .helpers import B, N, O, T, dense_jacobian, flat_params, small_ctrnn, small_problem
+from .helpers import OUT, B, N, T, dense_jacobian, flat_params, small_ctrnn, small_problem
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_dot_product_and_jacobian_matrix(case, getkey):
     jtv = eqx.filter_jit(lambda op, x: op.transpose().mv(x))(J, v)
     lhs = jnp.vdot(ju, v)
     rhs = sum(jnp.vdot(a, b) for a, b in zip(jax.tree_util.tree_leaves(u),
-                                             jax.tree_util.tree_leaves(jtv)))
+                                             jax.tree_util.tree_leaves(jtv), strict=True))
     assert abs(lhs - rhs) <= 1e-10 * abs(lhs)
     # J.as_matrix (vmapped tangent solves) equals jax.jacrev of simulate.
     jmat = np.asarray(eqx.filter_jit(lambda op: op.as_matrix())(J))
@@ -60,16 +60,16 @@ def test_output_space_kernel(case):
         lambda m: ds.jacobian_operator(m, problem, space="output").as_matrix()
     )(model)
     theta_out = np.asarray(j_out @ j_out.T)
-    assert ds.sntk_operator(model, problem, space="output").in_structure().shape == (B, T, O)
+    assert ds.sntk_operator(model, problem, space="output").in_structure().shape == (B, T, OUT)
     xs = np.asarray(ds.simulate(model, problem)).reshape(B * T, N)
     C = np.asarray(model.C)
     big_c = np.kron(np.eye(B * T), C)
-    expected = big_c @ theta_mat @ big_c.T + np.kron(xs @ xs.T + 1.0, np.eye(O))
+    expected = big_c @ theta_mat @ big_c.T + np.kron(xs @ xs.T + 1.0, np.eye(OUT))
     assert np.max(np.abs(theta_out - expected)) <= 1e-8 * np.max(np.abs(expected))
     # Built outside jit, the output-space Θ replays the recorded steps: the same kernel.
-    v = np.asarray(jr.normal(jr.PRNGKey(11), (B, T, O)))
+    v = np.asarray(jr.normal(jr.PRNGKey(11), (B, T, OUT)))
     eager = np.asarray(ds.sntk_operator(model, problem, space="output").mv(v))
-    ref = (theta_out @ v.reshape(-1)).reshape(B, T, O)
+    ref = (theta_out @ v.reshape(-1)).reshape(B, T, OUT)
     assert np.max(np.abs(eager - ref)) <= 1e-8 * np.max(np.abs(ref))
 
 

@@ -18,7 +18,6 @@ import pytest
 
 import diffrax_sntk as ds
 
-
 _SCRIPT = textwrap.dedent(
     """
     import diffrax as dfx

@@ -117,9 +117,13 @@ def test_bad_problem_inputs():
     with pytest.raises(ValueError, match="`y0`"):
         ds.TrajectoryProblem(jnp.array([1.0]), jnp.zeros((2, 3, 1)))
     with pytest.raises(ValueError, match="`inputs`"):
-        ds.TrajectoryProblem(jnp.array([1.0]), y0, jnp.zeros((3, 4, 2)), input_ts=jnp.linspace(0, 1, 4))
+        ds.TrajectoryProblem(
+            jnp.array([1.0]), y0, jnp.zeros((3, 4, 2)), input_ts=jnp.linspace(0, 1, 4)
+        )
     with pytest.raises(ValueError, match="`input_ts`"):
-        ds.TrajectoryProblem(jnp.array([2.0]), y0, jnp.zeros((2, 4, 2)), input_ts=jnp.linspace(0, 1, 4))
+        ds.TrajectoryProblem(
+            jnp.array([2.0]), y0, jnp.zeros((2, 4, 2)), input_ts=jnp.linspace(0, 1, 4)
+        )
     with pytest.raises(ValueError, match="`ts\\[0\\]`"):
         ds.TrajectoryProblem(jnp.array([1.0]), y0, t0=2.0)
 

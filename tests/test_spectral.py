@@ -21,7 +21,6 @@ import pytest
 
 import diffrax_sntk as ds
 
-
 B, T, N = 3, 10, 8  # Θ has dimension 240; the CTRNN has 72 parameters, so rank Θ <= 72
 CHUNK = 8
 PSD = (lx.symmetric_tag, lx.positive_semidefinite_tag)

@@ -61,7 +61,8 @@ REPORT_SCHEMA: dict[str, str] = {
     "effective_rank_min_offset_percent": "|min step − bifurcation step| / steps × 100",
     "channel": "at the weights interpolated to the first bifurcation: energy_fraction, alignment "
     "(|cos| of Θ's top eigenvector with the channel), dominant_overlap (‖Π_U u1‖: how much of the "
-    "dominant parameter direction lies in the channel), amplification, checkpoint_step (fractional)",
+    "dominant parameter direction lies in the channel), amplification, checkpoint_step "
+    "(fractional)",
     "landscape": "restricted loss landscape s ↦ L(θ + s u1): s, loss, prediction, r2",
     "max_loss_increase": "per optimizer: the largest L(k+1)/L(k) − 1 over consecutive steps",
     "sgd_spike_factor": "max over steps of L(k) / min_{j<k} L(j) for SGD (≥ 10 is a spike)",
@@ -591,7 +592,9 @@ def _summary(r) -> str:
                          f"(checkpoint {b['checkpoint_index']:.3f}, direction {b['direction']:+d})")
     else:
         lines.append("- none detected")
-    lines += ["", "## Targets (measured)", "", "| target | goal | measured | met |", "|---|---|---|---|"]
+    lines += [
+        "", "## Targets (measured)", "", "| target | goal | measured | met |", "|---|---|---|---|"
+    ]
     for name, t in r["targets"].items():
         goal = t["goal"].replace("|", "\\|")  # keep the markdown table intact
         lines.append(f"| {name} | {goal} | {_fmt(t['value'])} | {'yes' if t['met'] else 'NO'} |")
