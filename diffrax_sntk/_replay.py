@@ -112,55 +112,78 @@ def _erk_step(tab, field, t0, t1, y0, f0):
     return y1, dict(y0=y0, y1=y1, k=h * jnp.stack(fs)), f1
 
 
-def _replay_trial(params, static, problem: TrajectoryProblem, x0, trial_inputs, starts, ends):
-    def field(t, x, p):
-        return eqx.combine(p, static)(t, x, problem.input_at(t, trial_inputs))
+def _replay_trials(params, static, problem: TrajectoryProblem, starts, ends):
+    """All trials in one scan over the step index, the trials vmapped inside each step.
+
+    Scanning over steps with the trials inside (rather than vmapping a per-trial scan) stores
+    the linearisation's residuals step-major, the layout its scan reads: the vmapped per-trial
+    scan stored them trial-major, and every matvec transposed each stored array (and each
+    stacked tangent) before and after its scans.
+    """
+    trial_inputs = problem.per_trial_inputs()
+    starts_t, ends_t = starts.T, ends.T  # (steps, batch)
+
+    def field(trial, t, x, p):
+        return eqx.combine(p, static)(t, x, problem.input_at(t, trial))
 
     tab = _unrolled_tableau(problem.solver)
     if tab is not None:
-        f = lambda t, x: field(t, x, params)
 
-        def body(carry, t01):
-            x, f0 = carry
-            ta, tb = t01
+        def step(trial, x, f0, ta, tb):
+            f = lambda t, y: field(trial, t, y, params)
             if f0 is None:
                 f0 = f(ta, x)
             x1, dense, f1 = _erk_step(tab, f, ta, tb, x, f0)
             return (x1, f1), dense
 
-        init = (x0, f(starts[0], x0) if tab.fsal else None)
+        def body(carry, t01):
+            return jax.vmap(step)(trial_inputs, *carry, *t01)
+
+        first = jax.vmap(lambda tr, t, x: field(tr, t, x, params))
+        init = (problem.y0, first(trial_inputs, starts[:, 0], problem.y0) if tab.fsal else None)
     else:
-        term = dfx.ODETerm(field)
         # Other explicit solvers (Euler): the solver's own step, a plain function of its inputs.
         solver = problem.solver
 
-        def body(carry, t01):
-            x, state = carry
-            ta, tb = t01
-            x1, _, dense, state1, _ = solver.step(term, ta, tb, x, params, state, False)
+        def term(trial):
+            return dfx.ODETerm(lambda t, x, p: field(trial, t, x, p))
+
+        def step(trial, x, state, ta, tb):
+            x1, _, dense, state1, _ = solver.step(term(trial), ta, tb, x, params, state, False)
             return (x1, state1), dense
 
-        init = (x0, solver.init(term, starts[0], ends[0], x0, params))
+        def body(carry, t01):
+            return jax.vmap(step)(trial_inputs, *carry, *t01)
 
-    _, dense = jax.lax.scan(body, init, (starts, ends))
-    # diffrax saves t_k from the first accepted step whose end is >= t_k (`ts[i] <= tnext`).
-    which = jnp.clip(jnp.searchsorted(ends, problem.ts, side="left"), 0, ends.shape[0] - 1)
+        init_one = lambda tr, t0, t1, x: solver.init(term(tr), t0, t1, x, params)
+        state0 = jax.vmap(init_one)(trial_inputs, starts[:, 0], ends[:, 0], problem.y0)
+        init = (problem.y0, state0)
+
+    _, dense = jax.lax.scan(body, init, (starts_t, ends_t))  # leaves: (steps, batch, ...)
     solver = problem.solver
 
-    def save(n, t):
-        info = jtu.tree_map(lambda a: a[n], dense)
-        return solver.interpolation_cls(t0=starts[n], t1=ends[n], **info).evaluate(t)
+    # diffrax saves t_k from the first accepted step whose end is >= t_k (`ts[i] <= tnext`).
+    last = ends.shape[1] - 1
+    which = jax.vmap(lambda en: jnp.searchsorted(en, problem.ts, side="left"))(ends)
+    which = jnp.clip(which, 0, last)  # (batch, time)
+    trial = jnp.arange(which.shape[0])[:, None]
+    # One gather straight from the step-major stack (a vmap over trials would first move the
+    # trial axis to the front, transposing the whole stack in every matvec).
+    info = jtu.tree_map(lambda a: a[which, trial], dense)  # leaves: (batch, time, ...)
+    t0s, t1s = starts[trial, which], ends[trial, which]
 
-    return jax.vmap(save)(which, problem.ts)
+    def save(info, t0, t1, t):
+        return solver.interpolation_cls(t0=t0, t1=t1, **info).evaluate(t)
+
+    ts = jnp.broadcast_to(problem.ts, which.shape)
+    return jax.vmap(jax.vmap(save))(info, t0s, t1s, ts)
 
 
 def replay_trajectory_fn(static, problem: TrajectoryProblem, space: str, starts, ends):
     """θ ↦ X(θ) on the recorded grids `starts, ends` (each `(batch, steps)`)."""
 
     def fn(params):
-        ys = jax.vmap(_replay_trial, in_axes=(None, None, None, 0, 0, 0, 0))(
-            params, static, problem, problem.y0, problem.per_trial_inputs(), starts, ends
-        )
+        ys = _replay_trials(params, static, problem, starts, ends)
         if space == "output":
             model = eqx.combine(params, static)
             ys = jax.vmap(jax.vmap(model.readout))(ys)
