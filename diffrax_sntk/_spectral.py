@@ -154,8 +154,9 @@ class Eigenpairs(eqx.Module):
 # product with a row-major matrix in both directions (Q x and cᵀQ), which XLA's CPU backend runs
 # at memory bandwidth; the column layout Q of shape (n, rows) made Qᵀx about 7x slower for a
 # single vector (measured at n = 10⁶). At large n these passes over the basis are the cost of a
-# cycle besides the matvecs, so each block makes one pass, a second one only when the first lost
-# too much (the DGKS criterion), and the first pass's coefficients are the new column of H.
+# cycle besides the matvecs, so each block is first projected against the few rows that carry
+# its large components, then makes one pass over the whole basis, a second one only when that
+# pass lost too much (the DGKS criterion); the summed coefficients are the new column of H.
 
 
 def _project_out(Q, X):
@@ -169,10 +170,11 @@ def _orthonormalise_rows(Q, W, fill, scale, local=None):
     """Orthonormalise the rows of the block `W` (b, n) against the orthonormal (or zero) rows of
     `Q`. Returns (coefficients of W on Q, orthonormal block, norm discarded by breakdown repair).
 
-    `local = (start, rows)` names the rows `Q[start : start + rows]` that carry W's large
+    `local = (start, rows)` names rows `Q[start : start + rows]` that include all of W's large
     components (for W = Θ Q_j: the blocks Q_j and Q_{j-1}, and after a restart the kept Ritz
-    vectors). They are projected out first, so the pass over the whole basis that follows
-    removes only rounding-size components. Then classical Gram-Schmidt over the whole basis,
+    vectors; the caller passes the `kept + b` rows that end with Q_j, a superset). They are
+    projected out first, so the pass over the whole basis that follows removes only
+    rounding-size components. Then classical Gram-Schmidt over the whole basis,
     with a second pass when some row lost more than 1 − 1/√2 of its norm in it
     (Daniel-Gragg-Kaufman-Stewart; "twice is enough"): without the local step almost every
     Lanczos block lost that much (its α and β components) and paid a second pass over the
@@ -193,9 +195,13 @@ def _orthonormalise_rows(Q, W, fill, scale, local=None):
     # The classical threshold 1/√2. A looser one (0.1, to save passes that read the whole
     # basis: 0.13 s each at n = 10⁶) let the loss of orthogonality grow from block to block and
     # produced a spurious Ritz value 36x the largest eigenvalue in a restarted test run.
-    X = jax.lax.cond(
-        jnp.any(n1 < 0.7071 * n0), lambda X: _project_out(Q, X)[1], lambda X: X, X
+    C_again, X = jax.lax.cond(
+        jnp.any(n1 < 0.7071 * n0),
+        lambda X: _project_out(Q, X),
+        lambda X: (jnp.zeros_like(C_full), X),
+        X,
     )
+    C = C + C_again
     norms = jnp.linalg.norm(X, axis=1)
     tiny = norms <= 1e3 * jnp.finfo(X.dtype).eps * scale
 

@@ -112,12 +112,16 @@ def test_top_eigenpairs_restarts_and_warm_start(getkey):
     np.testing.assert_allclose(cold.values, lam[:4], rtol=1e-10)
     r = np.linalg.norm(A @ cold.vectors.T - cold.vectors.T * cold.values, axis=0) / cold.values
     np.testing.assert_allclose(cold.residuals, r, rtol=1e-3, atol=1e-13)
+    # Orthonormal Ritz vectors across restarts (the basis is reorthogonalised locally first,
+    # then against the whole basis).
+    np.testing.assert_allclose(cold.vectors @ cold.vectors.T, np.eye(4), atol=1e-12)
     warm = ds.top_eigenpairs(op, 4, key=getkey(), tol=1e-8, krylov_blocks=8, init=cold.vectors)
     assert int(warm.num_matvecs) < int(cold.num_matvecs)
     # Blocks: the same answer, and a warm start with one vector per block row.
     blk = ds.top_eigenpairs(op, 4, key=getkey(), tol=1e-8, block_size=4, krylov_blocks=3)
     assert int(blk.num_restarts) > 1 and bool(jnp.all(blk.converged))
     np.testing.assert_allclose(blk.values, lam[:4], rtol=1e-10)
+    np.testing.assert_allclose(blk.vectors @ blk.vectors.T, np.eye(4), atol=1e-12)
     warm = ds.top_eigenpairs(op, 4, key=getkey(), tol=1e-8, block_size=4, krylov_blocks=3,
                              init=cold.vectors)
     assert int(warm.num_matvecs) < int(blk.num_matvecs)
