@@ -122,11 +122,12 @@ def _replay_trials(params, static, problem: TrajectoryProblem, starts, ends):
     """
     trial_inputs = problem.per_trial_inputs()
     starts_t, ends_t = starts.T, ends.T  # (steps, batch)
+    solver = problem.solver
 
     def field(trial, t, x, p):
         return eqx.combine(p, static)(t, x, problem.input_at(t, trial))
 
-    tab = _unrolled_tableau(problem.solver)
+    tab = _unrolled_tableau(solver)
     if tab is not None:
 
         def step(trial, x, f0, ta, tb):
@@ -136,15 +137,10 @@ def _replay_trials(params, static, problem: TrajectoryProblem, starts, ends):
             x1, dense, f1 = _erk_step(tab, f, ta, tb, x, f0)
             return (x1, f1), dense
 
-        def body(carry, t01):
-            return jax.vmap(step)(trial_inputs, *carry, *t01)
-
         first = jax.vmap(lambda tr, t, x: field(tr, t, x, params))
         init = (problem.y0, first(trial_inputs, starts[:, 0], problem.y0) if tab.fsal else None)
     else:
         # Other explicit solvers (Euler): the solver's own step, a plain function of its inputs.
-        solver = problem.solver
-
         def term(trial):
             return dfx.ODETerm(lambda t, x, p: field(trial, t, x, p))
 
@@ -152,15 +148,14 @@ def _replay_trials(params, static, problem: TrajectoryProblem, starts, ends):
             x1, _, dense, state1, _ = solver.step(term(trial), ta, tb, x, params, state, False)
             return (x1, state1), dense
 
-        def body(carry, t01):
-            return jax.vmap(step)(trial_inputs, *carry, *t01)
-
         init_one = lambda tr, t0, t1, x: solver.init(term(tr), t0, t1, x, params)
         state0 = jax.vmap(init_one)(trial_inputs, starts[:, 0], ends[:, 0], problem.y0)
         init = (problem.y0, state0)
 
+    def body(carry, t01):
+        return jax.vmap(step)(trial_inputs, *carry, *t01)
+
     _, dense = jax.lax.scan(body, init, (starts_t, ends_t))  # leaves: (steps, batch, ...)
-    solver = problem.solver
 
     # diffrax saves t_k from the first accepted step whose end is >= t_k (`ts[i] <= tnext`).
     last = ends.shape[1] - 1
