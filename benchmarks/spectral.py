@@ -21,6 +21,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+from _timing import CompileClock  # benchmarks/_timing.py
 from matfree import decomp, eig
 
 import diffrax_sntk as ds
@@ -30,6 +31,7 @@ jax.config.update("jax_enable_x64", True)
 
 METHOD = "auto"
 BLOCK = None
+CLOCK = None  # a CompileClock, set in main()
 
 
 def make_theta(n_state, batch, time_points, seed=0):
@@ -37,9 +39,11 @@ def make_theta(n_state, batch, time_points, seed=0):
     model = ds.CTRNN(n_state, key=jr.PRNGKey(seed))
     y0 = jr.normal(jr.PRNGKey(seed + 1), (batch, n_state))
     problem = ds.TrajectoryProblem(jnp.linspace(0.1, 5.0, time_points), y0)
+    before = CLOCK.snapshot()
     t0 = time.perf_counter()
     theta = jax.block_until_ready(ds.sntk_operator(model, problem, method=METHOD))
-    return theta, time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    return theta, wall, CLOCK.since(before, wall)
 
 
 def residuals(theta, vals, vecs):
@@ -49,12 +53,14 @@ def residuals(theta, vals, vecs):
 
 
 def run_ours(theta, k, tol):
+    before = CLOCK.snapshot()
     t0 = time.perf_counter()
     res = ds.top_eigenpairs(theta, k, key=jr.PRNGKey(42), tol=tol, block_size=BLOCK)
     jax.block_until_ready(res)
     wall = time.perf_counter() - t0
+    parts = CLOCK.since(before, wall)
     check = residuals(theta, res.values, res.vectors)
-    return wall, res, check
+    return wall, parts, res, check
 
 
 def run_baseline(theta, k, depth):
@@ -71,10 +77,10 @@ def run_baseline(theta, k, depth):
 
 
 def case(name, n_state, batch, time_points, k, depth, tol, baseline=True):
-    theta, build = make_theta(n_state, batch, time_points)
+    theta, build, build_parts = make_theta(n_state, batch, time_points)
     n = theta.in_size()
     print(f"\n== {name}: CTRNN N={n_state}, B={batch}, T={time_points}: Θ dimension {n:,}, top-{k}")
-    wall, res, check = run_ours(theta, k, tol)
+    wall, parts, res, check = run_ours(theta, k, tol)
     print(
         f"  ours (Lanczos, block_size={BLOCK or 1}, method={METHOD}): total {build + wall:7.2f} s "
         f"incl. compile (operator build {build:.2f} s + eigensolve {wall:.2f} s), "
@@ -82,6 +88,8 @@ def case(name, n_state, batch, time_points, k, depth, tol, baseline=True):
         f"{int(res.num_restarts)} cycles, max residual {float(jnp.max(check)):.1e} "
         f"(reported {float(jnp.max(res.residuals)):.1e}), converged {bool(jnp.all(res.converged))}"
     )
+    print(f"  operator build {build:.2f} s: {build_parts}")
+    print(f"  eigensolve {wall:.2f} s: {parts}")
     print(f"  eigenvalues: {jnp.asarray(res.values)}")
     # The same eigensolve again, compiled: separates compilation from the run.
     t0 = time.perf_counter()
@@ -121,7 +129,7 @@ def crossover(sizes, batch, time_points, k, tol):
     print(f"\n== dense vs matrix-free crossover (B={batch}, T={time_points}, top-{k})")
     rows = []
     for n_state in sizes:
-        theta, build = make_theta(n_state, batch, time_points)
+        theta, build, _ = make_theta(n_state, batch, time_points)
         n = theta.in_size()
         chunk = math.gcd(n, 64)
 
@@ -163,8 +171,9 @@ def main():
     parser.add_argument("--block-size", type=int, default=None,
                         help="block size of top_eigenpairs (default: its default, 1)")
     args = parser.parse_args()
-    global METHOD, BLOCK
+    global METHOD, BLOCK, CLOCK
     METHOD, BLOCK = args.method, args.block_size
+    CLOCK = CompileClock()
     print(f"jax {jax.__version__}, devices {jax.devices()}, x64 on")
     tol = args.tol
     if args.quick:
