@@ -344,10 +344,11 @@ def effective_rank(
             f"`method` must be 'participation' or 'entropy', got {method!r}."
         )
     n = operator.in_size()
+    # Checked first: the entropy default budget is derived from it.
+    _check_probes(lanczos_depth, "lanczos_depth", minimum=1)
     if num_matvecs is None:
         num_matvecs = 64 if method == "participation" else 8 * lanczos_depth
     _check_probes(num_matvecs, minimum=4)
-    _check_probes(lanczos_depth, "lanczos_depth", minimum=1)
     if exact is None:
         exact = n <= num_matvecs
     if method == "participation":

@@ -93,7 +93,8 @@ def test_top_eigenpairs_ctrnn(ctrnn, getkey):
     np.testing.assert_allclose(vals, evals[:5], rtol=1e-8)
     assert bool(jnp.all(result.converged))
     assert bool(jnp.all(result.residuals <= 1e-9))
-    assert int(result.num_matvecs) > 0
+    # The Krylov path ran (the dense fallback would report B·T·N matvecs and no cycle).
+    assert int(result.num_restarts) >= 1 and 0 < int(result.num_matvecs) < B * T * N
     gaps = np.abs(np.diff(evals[:6])) / evals[:5]
     for i in range(5):
         if gaps[i] > 1e-3 and (i == 0 or abs(evals[i - 1] - evals[i]) / evals[i] > 1e-3):
@@ -115,16 +116,29 @@ def test_top_eigenpairs_restarts_and_warm_start(getkey):
     # Orthonormal Ritz vectors across restarts (the basis is reorthogonalised locally first,
     # then against the whole basis).
     np.testing.assert_allclose(cold.vectors @ cold.vectors.T, np.eye(4), atol=1e-12)
-    warm = ds.top_eigenpairs(op, 4, key=getkey(), tol=1e-8, krylov_blocks=8, init=cold.vectors)
-    assert int(warm.num_matvecs) < int(cold.num_matvecs)
+    # Warm start from the answer against a cold start and an uninformative warm start, all with
+    # the same key (matvec counts vary by key: 56-71 cold here).
+    key = getkey()
+    kw = dict(key=key, tol=1e-8, krylov_blocks=8)
+    cold_same = ds.top_eigenpairs(op, 4, **kw)
+    noise = jr.normal(getkey(), (4, n))
+    rand = ds.top_eigenpairs(op, 4, init=noise, **kw)
+    warm = ds.top_eigenpairs(op, 4, init=cold.vectors, **kw)
+    assert bool(jnp.all(warm.converged))
+    fewest = min(int(cold_same.num_matvecs), int(rand.num_matvecs))
+    assert int(warm.num_matvecs) <= 0.75 * fewest, (int(warm.num_matvecs), fewest)
     # Blocks: the same answer, and a warm start with one vector per block row.
     blk = ds.top_eigenpairs(op, 4, key=getkey(), tol=1e-8, block_size=4, krylov_blocks=3)
     assert int(blk.num_restarts) > 1 and bool(jnp.all(blk.converged))
     np.testing.assert_allclose(blk.values, lam[:4], rtol=1e-10)
     np.testing.assert_allclose(blk.vectors @ blk.vectors.T, np.eye(4), atol=1e-12)
-    warm = ds.top_eigenpairs(op, 4, key=getkey(), tol=1e-8, block_size=4, krylov_blocks=3,
-                             init=cold.vectors)
-    assert int(warm.num_matvecs) < int(blk.num_matvecs)
+    kw = dict(key=key, tol=1e-8, block_size=4, krylov_blocks=3)
+    blk_same = ds.top_eigenpairs(op, 4, **kw)
+    rand = ds.top_eigenpairs(op, 4, init=noise, **kw)
+    warm = ds.top_eigenpairs(op, 4, init=cold.vectors, **kw)
+    assert bool(jnp.all(warm.converged))
+    fewest = min(int(blk_same.num_matvecs), int(rand.num_matvecs))
+    assert int(warm.num_matvecs) <= 0.75 * fewest, (int(warm.num_matvecs), fewest)
     with pytest.raises(ValueError, match="krylov_blocks"):
         ds.top_eigenpairs(op, 4, key=getkey(), krylov_blocks=3)
     # An unreachable tolerance is flagged, not raised.
@@ -205,8 +219,10 @@ def test_trace_and_participation_ratio_ctrnn(ctrnn, getkey):
     assert int(tr.num_matvecs) == 32  # default budget, below the dimension (240) and rank (<= 72)
     assert abs(tr.estimate - tr_exact) / tr_exact < 0.05
     assert abs(tr.estimate - tr_exact) <= 4 * tr.standard_error
+    assert 0 < tr.standard_error < 0.05 * tr.estimate  # an informative error bar, not a huge one
     pr = ds.effective_rank(op, key=getkey())
     assert abs(pr.estimate - pr_exact) / pr_exact < 0.05
+    assert 0 < pr.standard_error < 0.1 * pr.estimate
     fro = ds.frobenius_norm_squared(op, key=getkey())
     assert abs(fro.estimate - np.sum(evals**2)) / np.sum(evals**2) < 0.05
     pr_dense = ds.effective_rank(op, key=getkey(), exact=True)
@@ -280,10 +296,12 @@ def test_partial_traces_match_dense_definition(getkey):
         reduced = ds.partial_trace(op, axes)
         np.testing.assert_allclose(reduced.as_matrix(), expected, rtol=1e-12, atol=1e-12)
         assert lx.is_positive_semidefinite(reduced)
-    # KPFlow-style "broadcast, apply, sum" also picks up off-diagonal blocks: not a partial trace.
+    # KPFlow-style "broadcast, apply, sum" also picks up off-diagonal blocks: not a partial trace,
+    # and not what `partial_trace` returns. The partial trace keeps the full trace.
     broadcast_sum = jnp.einsum("atibuj->tiuj", C6).reshape(t * n, t * n)
-    assert not jnp.allclose(broadcast_sum, cases["batch"])
-    np.testing.assert_allclose(jnp.trace(cases["batch"]), jnp.trace(C), rtol=1e-12)
+    ours = ds.partial_trace(op, ("batch",)).as_matrix()
+    assert not np.allclose(ours, broadcast_sum, rtol=1e-3)
+    np.testing.assert_allclose(jnp.trace(ours), jnp.trace(C), rtol=1e-12)
 
 
 def test_partial_trace_ctrnn(ctrnn):
@@ -313,6 +331,46 @@ def test_jit(getkey):
     assert vmapped.shape == (3,)
 
 
+def test_jit_and_vmap_match_untransformed_calls(getkey):
+    # Every public function under `jax.jit(jax.vmap(...))` over keys (or over operators), each
+    # member against the plain call. n = 150 is above every default budget, so the estimators
+    # (not their exact paths) run.
+    n = 150
+    A, _ = _decaying_psd(getkey(), n, 0.05)
+    Bm, _ = _decaying_psd(getkey(), n, 0.05)
+    opa, opb = lx.MatrixLinearOperator(A, PSD), lx.MatrixLinearOperator(0.5 * A + Bm, PSD)
+    fns = {
+        "top_eigenpairs": lambda k: ds.top_eigenpairs(opa, 3, key=k).values,
+        "trace": lambda k: ds.trace(opa, key=k),
+        "frobenius_norm_squared": lambda k: ds.frobenius_norm_squared(opa, key=k),
+        "participation": lambda k: ds.effective_rank(opa, key=k),
+        "entropy": lambda k: ds.effective_rank(opa, key=k, method="entropy"),
+        "alignment": lambda k: ds.alignment(opa, opb, key=k),
+    }
+    keys = jr.split(getkey(), 2)
+    for name, fn in fns.items():
+        batched = jax.jit(jax.vmap(fn))(keys)
+        for i in range(2):
+            one = fn(keys[i])
+            for got, want in zip(jax.tree.leaves(batched), jax.tree.leaves(one), strict=True):
+                np.testing.assert_allclose(got[i], want, rtol=1e-9, atol=1e-12, err_msg=name)
+    # partial_trace: vmapped over a stack of operators' matrices, under jit.
+    b, t, m = 2, 3, 2
+    Cs = jr.normal(getkey(), (2, b * t * m, b * t * m))
+    Cs = Cs @ jnp.swapaxes(Cs, 1, 2)
+    struct = jax.ShapeDtypeStruct((b, t, m), jnp.float64)
+
+    def reduced(C):
+        op = lx.FunctionLinearOperator(lambda x: (C @ x.reshape(-1)).reshape(b, t, m), struct, PSD)
+        return ds.partial_trace(op, ("batch", "state")).as_matrix()
+
+    batched = jax.jit(jax.vmap(reduced))(Cs)
+    for i in range(2):
+        expected = jnp.einsum("atiaui->tu", Cs[i].reshape(b, t, m, b, t, m))
+        np.testing.assert_allclose(batched[i], expected, rtol=1e-12)
+        np.testing.assert_allclose(batched[i], reduced(Cs[i]), rtol=1e-12)
+
+
 def test_float32_smoke(getkey):
     A, lam = _decaying_psd(getkey(), 80, 0.2, dtype=jnp.float32)
     op = lx.MatrixLinearOperator(A, PSD)
@@ -324,7 +382,28 @@ def test_float32_smoke(getkey):
     assert t.estimate.dtype == jnp.float32
     assert abs(t.estimate - lam.sum()) / lam.sum() < 0.05
     pr = ds.effective_rank(op, key=getkey())
-    assert jnp.isfinite(pr.estimate)
+    assert pr.estimate.dtype == jnp.float32
+    pr_exact = lam.sum() ** 2 / jnp.sum(lam**2)
+    assert abs(pr.estimate - pr_exact) / pr_exact < 0.05
+    B32, _ = _decaying_psd(getkey(), 80, 0.2, dtype=jnp.float32)
+    B32 = 0.5 * A + B32
+    al = ds.alignment(op, lx.MatrixLinearOperator(B32, PSD), key=getkey(), num_matvecs=48)
+    exact = jnp.vdot(A, B32) / (jnp.linalg.norm(A) * jnp.linalg.norm(B32))
+    assert al.estimate.dtype == jnp.float32 and abs(al.estimate - exact) < 0.05
+    er = ds.effective_rank(op, key=getkey(), method="entropy", exact=True)
+    p = lam / lam.sum()
+    np.testing.assert_allclose(er.estimate, jnp.exp(-jnp.sum(p * jnp.log(p))), rtol=1e-3)
+    # The partial trace in float32 against the dense definition.
+    C = A[:24, :24]
+    op24 = lx.FunctionLinearOperator(
+        lambda x: (C @ x.reshape(-1)).reshape(2, 3, 4),
+        jax.ShapeDtypeStruct((2, 3, 4), jnp.float32),
+        PSD,
+    )
+    reduced = ds.partial_trace(op24, "time").as_matrix()
+    assert reduced.dtype == jnp.float32
+    expected = jnp.einsum("atibtj->aibj", C.reshape(2, 3, 4, 2, 3, 4)).reshape(8, 8)
+    np.testing.assert_allclose(reduced, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_bad_input(getkey):
@@ -357,6 +436,35 @@ def test_bad_input(getkey):
     )
     with pytest.raises(Exception, match="non-finite"):
         ds.top_eigenpairs(nan_op, 2, key=getkey()).values.block_until_ready()
+    good = lx.MatrixLinearOperator(_decaying_psd(getkey(), 50, 0.3)[0], PSD)
+    for fn, name in (
+        (lambda: ds.trace(nan_op, key=getkey()), "`operator.mv`"),  # estimator path (50 > 32)
+        (lambda: ds.frobenius_norm_squared(nan_op, key=getkey()), "`operator.mv`"),  # exact path
+        (lambda: ds.effective_rank(nan_op, key=getkey()), "`operator.mv`"),
+        (lambda: ds.effective_rank(nan_op, key=getkey(), method="entropy"), "`operator.mv`"),
+        (lambda: ds.alignment(good, nan_op, key=getkey()), "`B.mv`"),
+    ):
+        with pytest.raises(Exception, match=name + ".*non-finite"):
+            jax.block_until_ready(fn().estimate)
+    # Errors name the argument.
+    with pytest.raises(ValueError, match="`A` must carry `lineax.symmetric_tag`"):
+        ds.alignment(nonsym, op, key=getkey())
+    with pytest.raises(ValueError, match="`B` must carry `lineax.symmetric_tag`"):
+        ds.alignment(op, nonsym, key=getkey())
+    with pytest.raises(ValueError, match="same input structure"):
+        ds.alignment(op, good, key=getkey())
+    with pytest.raises(ValueError, match="`operator` must carry `lineax.symmetric_tag`"):
+        ds.partial_trace(nonsym, 0)
+    with pytest.raises(ValueError, match="`tol`"):
+        ds.top_eigenpairs(good, 2, key=getkey(), tol=0.0)
+    with pytest.raises(ValueError, match="`block_size`"):
+        ds.top_eigenpairs(good, 2, key=getkey(), block_size=0)
+    with pytest.raises(ValueError, match="`max_restarts`"):
+        ds.top_eigenpairs(good, 2, key=getkey(), max_restarts=0)
+    with pytest.raises(ValueError, match="`init`"):
+        ds.top_eigenpairs(good, 2, key=getkey(), init=jnp.ones((2, 49)))
+    with pytest.raises(ValueError, match="`lanczos_depth`"):
+        ds.effective_rank(good, key=getkey(), method="entropy", lanczos_depth=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,7 +473,13 @@ def test_bad_input(getkey):
 
 @pytest.mark.slow
 def test_standard_error_coverage():
-    # |estimate − exact| <= 2·standard_error (a nominal 95% interval) in >= 90% of 50 seeded runs.
+    # Issue 3's target: on the CTRNN Θ, with the default number of probes, the reported standard
+    # error covers the true error (|estimate − exact| <= standard_error) in >= 90% of 50 seeded
+    # runs, for the trace and the participation ratio. The error bars must also be informative:
+    # a standard error many times the typical error would cover trivially. (Measured: coverage
+    # 100% for both; median |error| / standard error 0.21; standard error 2.1% and 4.2% of the
+    # value.) A full-rank dense case checks the nominal 95% interval (2 standard errors) of the
+    # trace, participation ratio and alignment estimators, where the errors are not small.
     # The sNTK is used directly (the replay operator compiles cheaply), and the seeds run in a
     # Python loop over one compiled estimator: vmapping the 50 seeds over the callback operator
     # of the fast tests did not finish in 10 minutes.
@@ -376,18 +490,27 @@ def test_standard_error_coverage():
     tr_exact = np.sum(evals)
     pr_exact = tr_exact**2 / np.sum(evals**2)
     A, lam = _decaying_psd(jr.PRNGKey(1), 200, 0.03)
-    dense = lx.MatrixLinearOperator(A, PSD)
+    Bm, _ = _decaying_psd(jr.PRNGKey(2), 200, 0.03)
+    Bm = 0.5 * A + Bm
+    dense, dense_b = lx.MatrixLinearOperator(A, PSD), lx.MatrixLinearOperator(Bm, PSD)
     cases = (
-        (theta, lambda op, k: ds.trace(op, key=k, num_matvecs=16), tr_exact),
-        (theta, lambda op, k: ds.effective_rank(op, key=k, num_matvecs=32), pr_exact),
-        (dense, lambda op, k: ds.trace(op, key=k), float(lam.sum())),
+        (theta, lambda op, k: ds.trace(op, key=k), tr_exact, 1),
+        (theta, lambda op, k: ds.effective_rank(op, key=k), pr_exact, 1),
+        (dense, lambda op, k: ds.trace(op, key=k), float(lam.sum()), 2),
+        (dense, lambda op, k: ds.effective_rank(op, key=k),
+         float(lam.sum() ** 2 / jnp.sum(lam**2)), 2),
+        (dense, lambda op, k: ds.alignment(op, dense_b, key=k),
+         float(jnp.vdot(A, Bm) / (jnp.linalg.norm(A) * jnp.linalg.norm(Bm))), 2),
     )
-    for op, fn, exact in cases:
+    for op, fn, exact, width in cases:
         fn = eqx.filter_jit(fn)
         ests = [fn(op, k) for k in keys]
         err = np.abs(np.array([float(e.estimate) for e in ests]) - exact)
         se = np.array([float(e.standard_error) for e in ests])
-        assert np.mean(err <= 2 * se) >= 0.9, np.mean(err <= 2 * se)
+        coverage = np.mean(err <= width * se)
+        assert coverage >= 0.9, (coverage, width)
+        assert np.median(err / se) > 0.05, np.median(err / se)
+        assert np.median(se) < 0.05 * abs(exact), np.median(se) / abs(exact)
 
 
 @pytest.mark.slow
