@@ -521,7 +521,7 @@ def top_eigenpairs(
                 f"`krylov_blocks * block_size` must be at least {r + b} (the {r} Ritz vectors "
                 f"kept at a restart, plus one block), got {q} * {b}."
             )
-    if not isinstance(max_restarts, int) or max_restarts < 1:
+    if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 1:
         raise ValueError(f"`max_restarts` must be an int >= 1, got {max_restarts}.")
     if init is not None:
         try:

@@ -356,7 +356,7 @@ def effective_rank(
     else:
         depth = min(lanczos_depth, n)
         m = num_matvecs // depth
-        if m < 2:
+        if m < 2 and not exact:  # (the exact path draws no probes)
             raise ValueError(
                 f"`num_matvecs` ({num_matvecs}) must allow at least two probes of depth "
                 f"`lanczos_depth` ({lanczos_depth})."

@@ -9,6 +9,7 @@ runs the solver on the sNTK operator directly.
 """
 
 import math
+import re
 
 import diffrax as dfx
 import equinox as eqx
@@ -117,7 +118,8 @@ def test_top_eigenpairs_restarts_and_warm_start(getkey):
     # then against the whole basis).
     np.testing.assert_allclose(cold.vectors @ cold.vectors.T, np.eye(4), atol=1e-12)
     # Warm start from the answer against a cold start and an uninformative warm start, all with
-    # the same key (matvec counts vary by key: 56-71 cold here).
+    # the same key (matvec counts vary by key). Measured over four seeds: 37-43 warm against
+    # 56-71 cold and 67-68 random (blocks of 4: 96-120 against 216-252).
     key = getkey()
     kw = dict(key=key, tol=1e-8, krylov_blocks=8)
     cold_same = ds.top_eigenpairs(op, 4, **kw)
@@ -390,9 +392,15 @@ def test_float32_smoke(getkey):
     al = ds.alignment(op, lx.MatrixLinearOperator(B32, PSD), key=getkey(), num_matvecs=48)
     exact = jnp.vdot(A, B32) / (jnp.linalg.norm(A) * jnp.linalg.norm(B32))
     assert al.estimate.dtype == jnp.float32 and abs(al.estimate - exact) < 0.05
-    er = ds.effective_rank(op, key=getkey(), method="entropy", exact=True)
+    assert abs(al.estimate - exact) <= 4 * al.standard_error
     p = lam / lam.sum()
-    np.testing.assert_allclose(er.estimate, jnp.exp(-jnp.sum(p * jnp.log(p))), rtol=1e-3)
+    er_exact = jnp.exp(-jnp.sum(p * jnp.log(p)))
+    er = ds.effective_rank(op, key=getkey(), method="entropy", exact=True)
+    np.testing.assert_allclose(er.estimate, er_exact, rtol=1e-3)
+    # Stochastic Lanczos quadrature in float32 (the default budget would take the exact path).
+    er = ds.effective_rank(op, key=getkey(), method="entropy", num_matvecs=64, lanczos_depth=16)
+    assert er.estimate.dtype == jnp.float32 and int(er.num_matvecs) == 64
+    assert abs(er.estimate - er_exact) / er_exact < 0.15
     # The partial trace in float32 against the dense definition.
     C = A[:24, :24]
     op24 = lx.FunctionLinearOperator(
@@ -437,15 +445,19 @@ def test_bad_input(getkey):
     with pytest.raises(Exception, match="non-finite"):
         ds.top_eigenpairs(nan_op, 2, key=getkey()).values.block_until_ready()
     good = lx.MatrixLinearOperator(_decaying_psd(getkey(), 50, 0.3)[0], PSD)
-    for fn, name in (
-        (lambda: ds.trace(nan_op, key=getkey()), "`operator.mv`"),  # estimator path (50 > 32)
-        (lambda: ds.frobenius_norm_squared(nan_op, key=getkey()), "`operator.mv`"),  # exact path
-        (lambda: ds.effective_rank(nan_op, key=getkey()), "`operator.mv`"),
-        (lambda: ds.effective_rank(nan_op, key=getkey(), method="entropy"), "`operator.mv`"),
-        (lambda: ds.alignment(good, nan_op, key=getkey()), "`B.mv`"),
-    ):
-        with pytest.raises(Exception, match=name + ".*non-finite"):
-            jax.block_until_ready(fn().estimate)
+    checks = (
+        (lambda ex: ds.trace(nan_op, key=getkey(), exact=ex), "operator"),
+        (lambda ex: ds.frobenius_norm_squared(nan_op, key=getkey(), exact=ex), "operator"),
+        (lambda ex: ds.effective_rank(nan_op, key=getkey(), exact=ex), "operator"),
+        (lambda ex: ds.effective_rank(nan_op, key=getkey(), method="entropy", num_matvecs=32,
+                                      lanczos_depth=8, exact=ex), "operator"),
+        (lambda ex: ds.alignment(nan_op, good, key=getkey(), exact=ex), "A"),
+        (lambda ex: ds.alignment(good, nan_op, key=getkey(), exact=ex), "B"),
+    )
+    for exact in (False, True):  # the estimators' sketches and the dense paths
+        for fn, name in checks:
+            with pytest.raises(Exception, match=re.escape(f"`{name}.mv` returned non-finite")):
+                jax.block_until_ready(fn(exact).estimate)
     # Errors name the argument.
     with pytest.raises(ValueError, match="`A` must carry `lineax.symmetric_tag`"):
         ds.alignment(nonsym, op, key=getkey())
@@ -459,12 +471,16 @@ def test_bad_input(getkey):
         ds.top_eigenpairs(good, 2, key=getkey(), tol=0.0)
     with pytest.raises(ValueError, match="`block_size`"):
         ds.top_eigenpairs(good, 2, key=getkey(), block_size=0)
-    with pytest.raises(ValueError, match="`max_restarts`"):
-        ds.top_eigenpairs(good, 2, key=getkey(), max_restarts=0)
+    for bad in (0, True):
+        with pytest.raises(ValueError, match="`max_restarts`"):
+            ds.top_eigenpairs(good, 2, key=getkey(), max_restarts=bad)
     with pytest.raises(ValueError, match="`init`"):
         ds.top_eigenpairs(good, 2, key=getkey(), init=jnp.ones((2, 49)))
     with pytest.raises(ValueError, match="`lanczos_depth`"):
         ds.effective_rank(good, key=getkey(), method="entropy", lanczos_depth=0)
+    # The exact path needs no probes, so a small budget is no error there.
+    er = ds.effective_rank(good, key=getkey(), method="entropy", num_matvecs=20, exact=True)
+    assert int(er.num_matvecs) == 50
 
 
 # ----------------------------------------------------------------------------------------------
@@ -509,7 +525,7 @@ def test_standard_error_coverage():
         se = np.array([float(e.standard_error) for e in ests])
         coverage = np.mean(err <= width * se)
         assert coverage >= 0.9, (coverage, width)
-        assert np.median(err / se) > 0.05, np.median(err / se)
+        assert np.median(err / se) > 0.1, np.median(err / se)
         assert np.median(se) < 0.05 * abs(exact), np.median(se) / abs(exact)
 
 
