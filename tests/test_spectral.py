@@ -316,23 +316,6 @@ def test_partial_trace_ctrnn(ctrnn):
 # jit, float32, bad input
 
 
-def test_jit(getkey):
-    A, lam = _decaying_psd(getkey(), 60, 0.3)
-    op = lx.MatrixLinearOperator(A, PSD)
-
-    @eqx.filter_jit
-    def run(op, key):
-        k1, k2, k3 = jr.split(key, 3)
-        vals, _ = ds.top_eigenpairs(op, 3, key=k1)
-        return vals, ds.trace(op, key=k2).estimate, ds.effective_rank(op, key=k3).estimate
-
-    vals, tr, pr = run(op, getkey())
-    np.testing.assert_allclose(vals, lam[:3], rtol=1e-8)
-    assert abs(tr - lam.sum()) / lam.sum() < 0.05
-    vmapped = jax.vmap(lambda k: ds.trace(op, key=k).estimate)(jr.split(getkey(), 3))
-    assert vmapped.shape == (3,)
-
-
 def test_jit_and_vmap_match_untransformed_calls(getkey):
     # Every public function under `jax.jit(jax.vmap(...))` over keys (or over operators), each
     # member against the plain call. n = 150 is above every default budget, so the estimators
@@ -395,8 +378,6 @@ def test_float32_smoke(getkey):
     assert abs(al.estimate - exact) <= 4 * al.standard_error
     p = lam / lam.sum()
     er_exact = jnp.exp(-jnp.sum(p * jnp.log(p)))
-    er = ds.effective_rank(op, key=getkey(), method="entropy", exact=True)
-    np.testing.assert_allclose(er.estimate, er_exact, rtol=1e-3)
     # Stochastic Lanczos quadrature in float32 (the default budget would take the exact path).
     er = ds.effective_rank(op, key=getkey(), method="entropy", num_matvecs=64, lanczos_depth=16)
     assert er.estimate.dtype == jnp.float32 and int(er.num_matvecs) == 64
@@ -445,19 +426,19 @@ def test_bad_input(getkey):
     with pytest.raises(Exception, match="non-finite"):
         ds.top_eigenpairs(nan_op, 2, key=getkey()).values.block_until_ready()
     good = lx.MatrixLinearOperator(_decaying_psd(getkey(), 50, 0.3)[0], PSD)
+    # Each estimator's own sketch (the estimator paths differ), and the dense path they share.
     checks = (
-        (lambda ex: ds.trace(nan_op, key=getkey(), exact=ex), "operator"),
-        (lambda ex: ds.frobenius_norm_squared(nan_op, key=getkey(), exact=ex), "operator"),
-        (lambda ex: ds.effective_rank(nan_op, key=getkey(), exact=ex), "operator"),
-        (lambda ex: ds.effective_rank(nan_op, key=getkey(), method="entropy", num_matvecs=32,
-                                      lanczos_depth=8, exact=ex), "operator"),
-        (lambda ex: ds.alignment(nan_op, good, key=getkey(), exact=ex), "A"),
-        (lambda ex: ds.alignment(good, nan_op, key=getkey(), exact=ex), "B"),
+        (lambda: ds.trace(nan_op, key=getkey(), exact=False), "operator"),
+        (lambda: ds.frobenius_norm_squared(nan_op, key=getkey(), exact=False), "operator"),
+        (lambda: ds.effective_rank(nan_op, key=getkey(), exact=False), "operator"),
+        (lambda: ds.effective_rank(nan_op, key=getkey(), method="entropy", num_matvecs=32,
+                                   lanczos_depth=8, exact=False), "operator"),
+        (lambda: ds.alignment(good, nan_op, key=getkey(), exact=False), "B"),
+        (lambda: ds.trace(nan_op, key=getkey(), exact=True), "operator"),
     )
-    for exact in (False, True):  # the estimators' sketches and the dense paths
-        for fn, name in checks:
-            with pytest.raises(Exception, match=re.escape(f"`{name}.mv` returned non-finite")):
-                jax.block_until_ready(fn(exact).estimate)
+    for fn, name in checks:
+        with pytest.raises(Exception, match=re.escape(f"`{name}.mv` returned non-finite")):
+            jax.block_until_ready(fn().estimate)
     # Errors name the argument.
     with pytest.raises(ValueError, match="`A` must carry `lineax.symmetric_tag`"):
         ds.alignment(nonsym, op, key=getkey())
