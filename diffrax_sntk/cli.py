@@ -66,6 +66,49 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from e
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import dataclasses
+
+    from .experiments import StudentTeacherConfig, run_sweep
+
+    base = StudentTeacherConfig.preset("quick" if args.quick else "default", task=args.task)
+    overrides = {}
+    if args.learning_rates is not None:
+        overrides["learning_rates"] = args.learning_rates
+    for name in ("hidden", "teacher_gain", "trainable", "steps", "eval_every", "trials",
+                 "times", "t_end"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    configs = [dataclasses.replace(base, student=s, **overrides)
+               for s in args.student.split(",")]
+    seeds = list(range(args.seeds))
+    print(f"sweep: {len(configs)} configuration(s) x {len(seeds)} seeds x "
+          f"{len(configs[0].learning_rates)} learning rates, writing to {args.out}")
+    t = time.perf_counter()
+    summary = run_sweep(args.out, configs, seeds, resume=args.resume,
+                        progress=not args.no_progress, figures=not args.no_figures,
+                        log=lambda line: print(line, flush=True))
+    with open(f"{args.out}/summary.md") as f:
+        print(f.read())
+    print(f"{sum(len(g['seeds']) for g in summary['groups'])} runs in {args.out}/runs.jsonl; "
+          f"done in {time.perf_counter() - t:.1f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="diffrax-sntk",
@@ -93,6 +136,29 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--no-progress", action="store_true")
     rep.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
     rep.set_defaults(func=_reproduce)
+    sw = sub.add_parser(
+        "sweep", help="the pre-registered multi-seed protocol (runs.jsonl, summary.json)"
+    )
+    sw.add_argument("--out", required=True, help="output folder")
+    sw.add_argument("--quick", action="store_true", help="small sizes (the quick preset)")
+    sw.add_argument("--seeds", type=int, default=5, help="seeds 0..K-1 (default 5)")
+    sw.add_argument("--learning-rates", type=_floats, default=None,
+                    help="comma-separated grid (default 0.05,0.1,0.2,0.3,0.5)")
+    sw.add_argument("--hidden", type=int, default=None, help="state dimension N")
+    sw.add_argument("--student", default="shared",
+                    help="shared | independent (or both, comma-separated)")
+    sw.add_argument("--teacher-gain", type=float, default=None)
+    sw.add_argument("--trainable", choices=["W", "W,b,U"], default=None)
+    sw.add_argument("--task", choices=["pitchfork"], default="pitchfork")
+    sw.add_argument("--steps", type=int, default=None)
+    sw.add_argument("--eval-every", type=int, default=None)
+    sw.add_argument("--trials", type=int, default=None)
+    sw.add_argument("--times", type=int, default=None)
+    sw.add_argument("--t-end", type=float, default=None)
+    sw.add_argument("--resume", action="store_true", help="skip runs already in runs.jsonl")
+    sw.add_argument("--no-progress", action="store_true")
+    sw.add_argument("--no-figures", action="store_true")
+    sw.set_defaults(func=_sweep)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,0 +1,134 @@
+"""Configuration of the student–teacher experiment and its sweep."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+__all__ = ["StudentTeacherConfig"]
+
+_STUDENTS = ("shared", "independent")
+_TRAINABLE = ("W", "W,b,U")
+_TASKS = ("pitchfork",)
+_PR_METHODS = ("auto", "exact", "matfree")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentTeacherConfig:
+    """Sizes, variant and hyperparameters of one student–teacher run (one seed, one learning rate).
+
+    **Variant:**
+
+    - `student`: `"shared"` (the first round's set-up: teacher and student share the direction q,
+        the bulk, U and the readout; only the gain along q differs) or `"independent"` (teacher
+        W_T = g_T q qᵀ + random bulk; student W_S = g_S q_S q_Sᵀ + its own random bulk, its own
+        random U; both bulks have entries N(0, (bulk_gain/√N)²) with their q projected out).
+    - `trainable`: `"W"` or `"W,b,U"` (default: `"W"` for shared, `"W,b,U"` for independent).
+    - `task`: `"pitchfork"` (the teacher has passed a pitchfork along q).
+
+    **Sizes:** `hidden` (N), `outputs` (observed units), `trials`, `times` observation times on
+    [`t_start`, `t_end`] (`t_start` default `t_end / times`), input pulses on [0, `pulse_end`].
+
+    **Training:** `learning_rate` of this run; `learning_rates`, the grid on which the optimizer
+    comparison (criterion C5) is run; `steps`; `eval_every`; the natural gradient's `rank` and
+    `refresh_every`.
+
+    **Analysis:** `top_k` sNTK eigenvalues kept per evaluation; `pr_method` (`"exact"` from the
+    eigenvalues of JᵀJ, `"matfree"` from `ds.effective_rank`, `"auto"`: exact up to 512
+    parameters); `landscape_points`.
+    """
+
+    hidden: int = 10
+    outputs: int = 2
+    trials: int = 8
+    times: int = 20
+    t_start: float | None = None
+    t_end: float = 20.0
+    pulse_end: float = 1.0
+    teacher_gain: float = 1.6
+    student_gain: float = 0.5
+    bulk_radius: float = 0.3
+    bulk_gain: float = 0.8
+    initial_spread: float = 1.0
+    student: str = "shared"
+    trainable: str | None = None
+    task: str = "pitchfork"
+    learning_rate: float = 0.5
+    learning_rates: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
+    steps: int = 120
+    eval_every: int = 1
+    rank: int = 2
+    refresh_every: int = 5
+    top_k: int = 5
+    pr_method: str = "auto"
+    landscape_points: int = 21
+    rtol: float = 1e-6
+    atol: float = 1e-8
+    seed: int = 0
+
+    def __post_init__(self):
+        def check(name, ok, what):
+            if not ok:
+                raise ValueError(f"`{name}` must be {what}, got {getattr(self, name)!r}.")
+
+        check("student", self.student in _STUDENTS, f"one of {_STUDENTS}")
+        check("trainable", self.trainable in (None,) + _TRAINABLE, f"one of {_TRAINABLE}")
+        check("task", self.task in _TASKS, f"one of {_TASKS}")
+        check("pr_method", self.pr_method in _PR_METHODS, f"one of {_PR_METHODS}")
+        for name in ("hidden", "outputs", "trials", "times", "steps", "eval_every", "rank",
+                     "refresh_every", "top_k", "landscape_points"):
+            value = getattr(self, name)
+            check(name, isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                  "a positive int")
+        check("outputs", self.outputs <= self.hidden, "at most `hidden`")
+        check("top_k", self.top_k >= 2, "at least 2")
+        check("learning_rate", self.learning_rate > 0, "positive")
+        check("learning_rates", len(self.learning_rates) > 0
+              and all(lr > 0 for lr in self.learning_rates), "a non-empty tuple of positive rates")
+        check("t_end", self.t_end > 0, "positive")
+        check("t_start", self.t_start is None or 0 < self.t_start < self.t_end,
+              "None or in (0, t_end)")
+        if not isinstance(self.learning_rates, tuple):
+            object.__setattr__(self, "learning_rates", tuple(float(v) for v in
+                                                             self.learning_rates))
+
+    @property
+    def trained(self) -> tuple[str, ...]:
+        """The trained CTRNN fields."""
+        default = "W" if self.student == "shared" else "W,b,U"
+        return tuple((self.trainable or default).split(","))
+
+    @property
+    def first_time(self) -> float:
+        return self.t_end / self.times if self.t_start is None else self.t_start
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> StudentTeacherConfig:
+        """`"quick"`, `"default"` or `"full"`, with field overrides."""
+        presets = {
+            "quick": dict(hidden=4, trials=4, times=12, steps=40, eval_every=2,
+                          landscape_points=13, learning_rates=(0.1, 0.5)),
+            "default": {},
+            "full": dict(hidden=32, trials=32, times=50, steps=600, eval_every=5, rank=4,
+                         refresh_every=10),
+        }
+        if name not in presets:
+            raise ValueError(f"`preset` must be one of {sorted(presets)}, got {name!r}.")
+        return dataclasses.replace(cls(), **{**presets[name], **overrides})
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["learning_rates"] = list(self.learning_rates)
+        return d
+
+    def group(self) -> dict:
+        """The configuration without `seed` and `learning_rate`: runs of one group share one
+        compiled program (seeds vmapped) and one optimizer comparison (all rates)."""
+        d = self.to_dict()
+        d.pop("seed")
+        d.pop("learning_rate")
+        return d
+
+    def group_key(self) -> str:
+        return hashlib.sha1(json.dumps(self.group(), sort_keys=True).encode()).hexdigest()[:12]

@@ -1,0 +1,317 @@
+r"""Set-up and training of the student–teacher experiment, vmapped over seeds and learning rates.
+
+Everything here is a pure JAX function of a seed's key and the (static) configuration, so the
+seeds of one configuration — and the learning rates of its optimizer comparison — run as one
+compiled program per optimizer (`jax.vmap` over learning rates inside `jax.vmap` over seeds).
+Only the public API of `diffrax_sntk` is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+
+import diffrax_sntk as ds
+
+from ._config import StudentTeacherConfig
+
+__all__ = ["Setup", "setup", "make_problem", "param_spec", "train", "evaluate", "OPTIMIZERS"]
+
+# Baselines of criterion C5, then the natural gradient at ranks 1, 2, 4.
+OPTIMIZERS = ("sgd", "sgd_clip", "adam", "ng1", "ng2", "ng4")
+# A run whose parameters leave this box (or turn non-finite) has diverged: it is frozen and its
+# loss is recorded as inf from the next step on (the CTRNN's states stay bounded, so the loss
+# itself never overflows; huge weights would instead stall the adaptive solver).
+_PARAM_BOUND = 100.0
+_MAX_STEPS = 16384
+
+
+class Setup(NamedTuple):
+    teacher: ds.CTRNN
+    student: ds.CTRNN
+    y0: jax.Array
+    target: jax.Array
+
+
+def _inputs(cfg: StudentTeacherConfig):
+    half = cfg.trials // 2
+    mags = np.linspace(0.5, 2.0, max(half, 1))
+    amps = np.concatenate([-mags[::-1], mags])[: cfg.trials]
+    if amps.shape[0] < cfg.trials:
+        amps = np.concatenate([amps, mags[: cfg.trials - amps.shape[0]]])
+    input_ts = np.linspace(0.0, cfg.t_end, 4 * int(cfg.t_end / cfg.pulse_end) + 1)
+    inputs = np.where(input_ts[None, :, None] <= cfg.pulse_end, amps[:, None, None], 0.0)
+    return jnp.asarray(input_ts), jnp.asarray(inputs)
+
+
+def observation_times(cfg: StudentTeacherConfig) -> jax.Array:
+    return jnp.linspace(cfg.first_time, cfg.t_end, cfg.times)
+
+
+def make_problem(cfg: StudentTeacherConfig, y0, ts=None) -> ds.TrajectoryProblem:
+    """The trials of one seed (`y0`: `(trials, hidden)`), observed at `ts` (default: the
+    configuration's observation times)."""
+    input_ts, inputs = _inputs(cfg)
+    ts = observation_times(cfg) if ts is None else ts
+    return ds.TrajectoryProblem(ts, y0, inputs, input_ts=input_ts, rtol=cfg.rtol, atol=cfg.atol,
+                                max_steps=_MAX_STEPS)
+
+
+def _template(cfg: StudentTeacherConfig) -> ds.CTRNN:
+    return ds.CTRNN(cfg.hidden, input_size=1, output_size=cfg.outputs, key=jr.PRNGKey(0))
+
+
+def _unit(v):
+    return v / jnp.linalg.norm(v)
+
+
+def _random_bulk(key, q, gain, n):
+    proj = jnp.eye(n) - jnp.outer(q, q)
+    return proj @ ((gain / jnp.sqrt(n)) * jr.normal(key, (n, n))) @ proj
+
+
+def setup(cfg: StudentTeacherConfig, key) -> Setup:
+    """Teacher, student, initial states and the teacher's outputs for one seed (pure; vmappable
+    over `key`)."""
+    n = cfg.hidden
+    kq, kbulk, ks, ksb, ku, ky0 = jr.split(key, 6)
+    template = _template(cfg)
+    readout = jnp.eye(cfg.outputs, n)
+
+    def make(W, U):
+        return eqx.tree_at(lambda m: (m.W, m.U, m.C, m.b, m.d), template,
+                           (W, U, readout, jnp.zeros(n), jnp.zeros(cfg.outputs)))
+
+    if cfg.student == "shared":
+        basis, _ = jnp.linalg.qr(jr.normal(kq, (n, n)))
+        q = basis[:, 0]
+        radii = jnp.linspace(cfg.bulk_radius, -cfg.bulk_radius, n - 1)
+        bulk = basis[:, 1:] @ jnp.diag(radii) @ basis[:, 1:].T
+        teacher = make(cfg.teacher_gain * jnp.outer(q, q) + bulk, q[:, None])
+        student = make(cfg.student_gain * jnp.outer(q, q) + bulk, q[:, None])
+    else:
+        q = _unit(jr.normal(kq, (n,)))
+        W_T = cfg.teacher_gain * jnp.outer(q, q) + _random_bulk(kbulk, q, cfg.bulk_gain, n)
+        teacher = make(W_T, q[:, None])
+        q_s = _unit(jr.normal(ks, (n,)))
+        W_S = cfg.student_gain * jnp.outer(q_s, q_s) + _random_bulk(ksb, q_s, cfg.bulk_gain, n)
+        student = make(W_S, _unit(jr.normal(ku, (n,)))[:, None])
+    # Diverse initial states make the sNTK high-rank far from the bifurcation; the input pulses
+    # then decide the teacher's basin.
+    y0 = cfg.initial_spread * jr.normal(ky0, (cfg.trials, n))
+    target = ds.simulate(teacher, make_problem(cfg, y0), space="output")
+    return Setup(teacher, student, y0, target)
+
+
+def canonical(cfg: StudentTeacherConfig, setup: bool = False) -> StudentTeacherConfig:
+    """`cfg` with the fields that a compiled program does not read fixed (seed and learning
+    rate are traced values; the gains and bulks only enter `setup`), so that runs share
+    compilations."""
+    cfg = dataclasses.replace(cfg, seed=0, learning_rate=1.0, learning_rates=(1.0,))
+    if setup:
+        return cfg
+    return dataclasses.replace(cfg, teacher_gain=1.0, student_gain=1.0, bulk_radius=0.0,
+                               bulk_gain=0.0, initial_spread=1.0)
+
+
+def setups(cfg: StudentTeacherConfig, seeds) -> Setup:
+    """`setup` for every seed, stacked along a leading axis."""
+    keys = jnp.stack([jr.PRNGKey(int(s)) for s in seeds])
+    return _setups(canonical(cfg, setup=True), keys)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _setups(cfg, keys):
+    return jax.vmap(lambda k: setup(cfg, k))(keys)
+
+
+def param_spec(cfg: StudentTeacherConfig, model: ds.CTRNN):
+    """`filter_spec` of the trained fields."""
+    spec = jax.tree_util.tree_map(lambda _: False, model)
+    getters = {"W": lambda m: m.W, "b": lambda m: m.b, "U": lambda m: m.U}
+    for name in cfg.trained:
+        spec = eqx.tree_at(getters[name], spec, True)
+    return spec
+
+
+def mse(model, problem, target):
+    return jnp.mean((ds.simulate(model, problem, space="output") - target) ** 2)
+
+
+def make_optimizer(name: str, learning_rate, cfg: StudentTeacherConfig, num_outputs: int):
+    if name == "sgd":
+        return optax.sgd(learning_rate)
+    if name == "sgd_clip":
+        return optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(learning_rate))
+    if name == "adam":
+        return optax.adam(learning_rate)
+    if name.startswith("ng"):
+        # loss_hessian: the MSE's Hessian in output space is (2 / #outputs) I.
+        return ds.low_rank_natural_gradient(
+            learning_rate, rank=int(name[2:]), refresh_every=cfg.refresh_every,
+            loss_hessian=2.0 / num_outputs,
+        )
+    raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
+
+
+def ng_name(cfg: StudentTeacherConfig) -> str:
+    return f"ng{cfg.rank}"
+
+
+def _tree_where(cond, new, old):
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(cond, a, b), new, old)
+
+
+def _train_one(cfg, name, lr, student, y0, target):
+    problem = make_problem(cfg, y0)
+    spec = param_spec(cfg, student)
+    params, static = eqx.partition(student, spec)
+    loss_of = lambda p: mse(eqx.combine(p, static), problem, target)
+    opt = make_optimizer(name, lr, cfg, target.size)
+    # Built inside the vmapped function, so the step counter stays unbatched and the natural
+    # gradient's refresh remains a real `lax.cond` (not a select that refreshes every step).
+    opt_state = opt.init(params)
+
+    def step(carry, _):
+        p, s, dead = carry
+        loss, grads = jax.value_and_grad(loss_of)(p)
+        if name.startswith("ng"):
+            J = ds.jacobian_operator(eqx.combine(p, static), problem, space="output",
+                                     filter_spec=spec)
+            updates, s_new = opt.update(grads, s, p, jacobian=J)
+        else:
+            updates, s_new = opt.update(grads, s, p)
+        p_new = eqx.apply_updates(p, updates)
+        leaves = jax.tree_util.tree_leaves(p_new)
+        bad = ~jnp.isfinite(loss) | ~jnp.all(jnp.stack(
+            [jnp.all(jnp.isfinite(x) & (jnp.abs(x) <= _PARAM_BOUND)) for x in leaves]))
+        dead_new = dead | bad
+        record = (jnp.where(dead, jnp.inf, loss), p)
+        # The optimizer state is not frozen: its step counter must stay unbatched (see above).
+        return (_tree_where(dead_new, p, p_new), s_new, dead_new), record
+
+    (p_last, _, dead), (losses, history) = jax.lax.scan(
+        step, (params, opt_state, jnp.asarray(False)), None, length=cfg.steps
+    )
+    last = jnp.where(dead, jnp.inf, loss_of(p_last))
+    losses = jnp.concatenate([losses, last[None]])
+    history = jax.tree_util.tree_map(lambda h, x: jnp.concatenate([h, x[None]]), history, p_last)
+    return losses, history
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _train(cfg, name, lrs, students, y0s, targets):
+    per_seed = lambda st, y0, tg: jax.vmap(
+        lambda lr: _train_one(cfg, name, lr, st, y0, tg))(lrs)
+    return jax.vmap(per_seed)(students, y0s, targets)
+
+
+def train(cfg: StudentTeacherConfig, name: str, learning_rates, batch: Setup):
+    """Train every seed of `batch` with optimizer `name` at every learning rate.
+
+    **Returns:** `(losses, history)`: losses `(seeds, rates, steps + 1)` (inf once diverged) and
+    the trained parameters at every step `(seeds, rates, steps + 1, ...)` (a filtered CTRNN).
+    """
+    lrs = jnp.asarray(learning_rates, dtype=jnp.result_type(float))
+    return _train(canonical(cfg), name, lrs, batch.student, batch.y0, batch.target)
+
+
+def _evaluate_one(cfg, params, student, y0, top_k, key):
+    problem = make_problem(cfg, y0)
+    spec = param_spec(cfg, student)
+    _, static = eqx.partition(student, spec)
+    model = eqx.combine(params, static)
+    J = ds.jacobian_operator(model, problem, filter_spec=spec)
+    num_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    if use_exact(cfg, num_params):
+        jm = J.as_matrix()
+        # The nonzero spectrum of Θ = J Jᵀ is that of the small Gram matrix JᵀJ.
+        s = jnp.clip(jnp.linalg.eigvalsh(jm.T @ jm)[::-1], 0.0, None)
+        pr = s.sum() ** 2 / jnp.sum(s**2)
+        return pr, s[:top_k]
+    theta = ds.sntk_operator(model, problem)
+    est = ds.effective_rank(theta, key=key)
+    return est.value, jnp.full((top_k,), jnp.nan)
+
+
+def use_exact(cfg: StudentTeacherConfig, num_params: int) -> bool:
+    if cfg.pr_method == "auto":
+        return num_params <= 512
+    return cfg.pr_method == "exact"
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _evaluate(cfg, history, students, y0s, keys):
+    one = lambda p, st, y0, k: _evaluate_one(cfg, p, st, y0, cfg.top_k, k)
+    over_evals = lambda h, st, y0, k: jax.lax.map(
+        lambda pk: one(pk[0], st, y0, pk[1]), (h, jr.split(k, _leading(h))))
+    over_rates = lambda h, st, y0, k: jax.vmap(over_evals, in_axes=(0, None, None, 0))(
+        h, st, y0, jr.split(k, _leading(h)))
+    return jax.vmap(over_rates)(history, students, y0s, keys)
+
+
+def _leading(tree):
+    return jax.tree_util.tree_leaves(tree)[0].shape[0]
+
+
+def evaluate(cfg: StudentTeacherConfig, history, batch: Setup, eval_steps, seeds):
+    """Participation ratio and top eigenvalues of the state-space sNTK at `eval_steps` of every
+    (seed, rate) history. **Returns:** `(pr, top)` shaped `(seeds, rates, evals)` and
+    `(seeds, rates, evals, top_k)` (top is NaN on the matrix-free path)."""
+    idx = jnp.asarray(eval_steps)
+    sub = jax.tree_util.tree_map(lambda h: h[:, :, idx], history)
+    keys = jnp.stack([jr.fold_in(jr.PRNGKey(int(s)), 7) for s in seeds])
+    return _evaluate(canonical(cfg), sub, batch.student, batch.y0, keys)
+
+
+def time_steps(cfg: StudentTeacherConfig, batch: Setup, seed_index: int = 0):
+    """Wall time of each compiled training step of SGD and of the natural gradient (the
+    configuration's rank) for one seed at the configuration's learning rate, refresh steps
+    included. **Returns:** `{"sgd": [...], "ng": [...]}` in seconds, the compiling first call
+    dropped."""
+    one = jax.tree_util.tree_map(lambda x: x[seed_index], batch)
+    problem = make_problem(cfg, one.y0)
+    spec = param_spec(cfg, one.student)
+    params, static = eqx.partition(one.student, spec)
+    lr = jnp.asarray(cfg.learning_rate, dtype=jnp.result_type(float))
+    out = {}
+    for label, name in (("sgd", "sgd"), ("ng", ng_name(cfg))):
+        opt = make_optimizer(name, lr, cfg, one.target.size)
+        p, s = params, opt.init(params)
+        times = []
+        for _ in range(cfg.steps + 1):
+            t = time.perf_counter()
+            p_new, s_new, loss = _timed_step(canonical(cfg), name, lr, p, s, static, problem,
+                                             one.target)
+            jax.block_until_ready(loss)
+            times.append(time.perf_counter() - t)
+            if not np.isfinite(float(loss)):
+                break
+            p, s = p_new, s_new
+        out[label] = times[1:]
+    return out
+
+
+@eqx.filter_jit
+def _timed_step(cfg, name, lr, p, s, static, problem, target):
+    # One training step as a user would write it: loss and gradients, the Jacobian operator at
+    # the current model for the natural gradient, the optimizer update.
+    opt = make_optimizer(name, lr, cfg, target.size)
+    spec = param_spec(cfg, eqx.combine(p, static))
+    loss, grads = jax.value_and_grad(lambda q: mse(eqx.combine(q, static), problem, target))(p)
+    if name.startswith("ng"):
+        J = ds.jacobian_operator(eqx.combine(p, static), problem, space="output",
+                                 filter_spec=spec)
+        updates, s = opt.update(grads, s, p, jacobian=J)
+    else:
+        updates, s = opt.update(grads, s, p)
+    return eqx.apply_updates(p, updates), s, loss

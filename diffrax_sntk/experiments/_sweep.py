@@ -1,0 +1,315 @@
+r"""The pre-registered multi-seed sweep of the student–teacher experiment (`diffrax-sntk sweep`).
+
+For each configuration group (a `StudentTeacherConfig` without seed and learning rate), all seeds
+and all learning rates of the group's grid are trained as one vmapped program per optimizer; then
+every run (seed, rate) is analysed on the host and written as one line of `runs.jsonl`, failures
+and errors included. `summary.json` / `summary.md` aggregate the criteria per configuration
+(seed dropped) with Wilson 95% intervals. The criteria are defined in
+`docs/student_teacher_protocol.md`.
+
+`runs.jsonl` lines: `config` (the run's full configuration), `criteria` (name → `{"value",
+"pass", "note", ...details}`), `bifurcations` (list of `{"kind", "step", "direction"}`),
+`first_bifurcation_kind`, `at_crossing`, `curves`, `error` (null or a message),
+`wall_time_seconds`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import numpy as np
+
+from . import _criteria as C
+from ._analysis import analyse_run, stable_learning_rate
+from ._config import StudentTeacherConfig
+from ._run import (
+    OPTIMIZERS,
+    evaluate,
+    make_problem,
+    ng_name,
+    param_spec,
+    setups,
+    time_steps,
+    train,
+    use_exact,
+)
+
+__all__ = ["CRITERIA", "run_sweep", "summarise", "load_runs", "run_group"]
+
+CRITERIA = ("C1_localisation", "C2_depth", "C3_channel", "C4_normal_form", "C5_optimizer",
+            "C6_cost")
+# The natural-gradient run is evaluated (PR, λ_c) at every `_NG_EVAL_STRIDE`-th evaluation.
+_NG_EVAL_STRIDE = 4
+
+
+def load_runs(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _run_id(config: dict) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+def _append(path: str, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record, allow_nan=False) + "\n")
+
+
+def _error_record(config: dict, message: str) -> dict:
+    return {
+        "config": config,
+        "criteria": {name: {"value": None, "pass": None, "note": "error"} for name in CRITERIA},
+        "bifurcations": [], "first_bifurcation_kind": None, "at_crossing": {}, "curves": {},
+        "error": message, "wall_time_seconds": None,
+    }
+
+
+def _seed_slice(tree, i):
+    return jax.tree_util.tree_map(lambda x: x[i], tree)
+
+
+def run_group(
+    cfg: StudentTeacherConfig,
+    seeds: Sequence[int],
+    *,
+    done: Callable[[dict], bool] = lambda config: False,
+    on_record: Callable[[dict], None] = lambda record: None,
+    landscape: bool = False,
+    cache: str | None = None,
+    after_training: Callable[[], None] = lambda: None,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Train and analyse every (seed, rate) of one configuration group; returns the records.
+
+    `cfg.learning_rates` is the grid; `done(config)` skips finished runs (a seed is trained only
+    if one of its runs is unfinished); `on_record` receives each record as soon as it exists.
+    """
+    lrs = tuple(cfg.learning_rates)
+    configs = {(s, lr): dataclasses.replace(cfg, seed=int(s), learning_rate=float(lr))
+               for s in seeds for lr in lrs}
+    todo_seeds = [s for s in seeds if any(not done(configs[s, lr].to_dict()) for lr in lrs)]
+    if not todo_seeds:
+        return []
+    t0 = time.perf_counter()
+    batch = setups(cfg, todo_seeds)
+    ng = ng_name(cfg)
+    eval_steps = np.arange(0, cfg.steps + 1, cfg.eval_every)
+    ng_idx = np.arange(0, len(eval_steps), _NG_EVAL_STRIDE)
+    spec = param_spec(cfg, batch.student)
+    treedef = jax.tree_util.tree_structure(eqx.filter(batch.student, spec))
+    if cache is not None and os.path.exists(cache):
+        losses, histories, pr, top, ng_pr, timings = _load_training(cache, treedef)
+        log(f"  loaded the training results from {cache}")
+    else:
+        losses, histories = {}, {}
+        for name in OPTIMIZERS if ng in OPTIMIZERS else OPTIMIZERS + (ng,):
+            t = time.perf_counter()
+            L, H = train(cfg, name, lrs, batch)
+            losses[name] = np.asarray(L)
+            if name in ("sgd", ng):
+                histories[name] = H
+            log(f"  trained {name} on {len(todo_seeds)} seeds x {len(lrs)} rates "
+                f"in {time.perf_counter() - t:.1f} s")
+        t = time.perf_counter()
+        pr, top = (np.asarray(a) for a in evaluate(cfg, histories["sgd"], batch, eval_steps,
+                                                    todo_seeds))
+        ng_pr, _ = (np.asarray(a) for a in evaluate(cfg, histories[ng], batch,
+                                                     eval_steps[ng_idx], todo_seeds))
+        log(f"  evaluated the sNTK along training in {time.perf_counter() - t:.1f} s")
+        t = time.perf_counter()
+        timings = time_steps(cfg, batch)
+        log(f"  timed the steps in {time.perf_counter() - t:.1f} s")
+        if cache is not None:
+            _save_training(cache, losses, histories, pr, top, ng_pr, timings)
+    after_training()
+    setup_time = time.perf_counter() - t0
+    records = []
+    for i, s in enumerate(todo_seeds):
+        seed_setup = _seed_slice(batch, i)
+        problem = make_problem(cfg, seed_setup.y0)
+        spec = param_spec(cfg, seed_setup.student)
+        num_params = sum(x.size for x in jax.tree_util.tree_leaves(
+            jax.tree_util.tree_map(lambda a, m: a if m else None, seed_setup.student, spec)))
+        exact = use_exact(cfg, num_params)
+        num_out = seed_setup.target.size
+        try:
+            rates = {
+                "initial": stable_learning_rate(cfg, seed_setup.student, problem, spec, num_out,
+                                                exact),
+                "teacher": stable_learning_rate(cfg, seed_setup.teacher, problem, spec, num_out,
+                                                exact),
+            }
+        except Exception as e:  # reported in every run of the seed, never hidden
+            rates = {"initial": float("nan"), "teacher": float("nan")}
+            log(f"  seed {s}: stable learning rate failed: {e}")
+        baselines = {name: {float(lr): losses[name][i, j] for j, lr in enumerate(lrs)}
+                     for name in ("sgd", "sgd_clip", "adam")}
+        for j, lr in enumerate(lrs):
+            config = configs[s, lr].to_dict()
+            if done(config):
+                continue
+            t = time.perf_counter()
+            try:
+                sgd = {"losses": losses["sgd"][i, j], "pr": pr[i, j], "top": top[i, j],
+                       "history": _seed_slice(_seed_slice(histories["sgd"], i), j)}
+                ngd = {"losses": losses[ng][i, j], "pr": ng_pr[i, j], "eval_idx": ng_idx,
+                       "history": _seed_slice(_seed_slice(histories[ng], i), j)}
+                rec = analyse_run(configs[s, lr], seed_setup, sgd, ngd, baselines, timings,
+                                  rates, landscape=landscape)
+                rec["optimizer_losses"] = {
+                    name: C._clean(losses[name][i, j]) for name in losses}
+                record = {"config": config, **rec, "error": None}
+            except Exception as e:  # an analysis failure is a result, recorded with the run
+                record = _error_record(config, f"{type(e).__name__}: {e}")
+                log(traceback.format_exc())
+            record["wall_time_seconds"] = time.perf_counter() - t + setup_time / len(configs)
+            record = json.loads(json.dumps(C._clean(record), allow_nan=False))
+            records.append(record)
+            on_record(record)
+    return records
+
+
+def _save_training(path, losses, histories, pr, top, ng_pr, timings):
+    arrays = {f"loss/{k}": v for k, v in losses.items()}
+    for name, h in histories.items():
+        for i, leaf in enumerate(jax.tree_util.tree_leaves(h)):
+            arrays[f"history/{name}/{i}"] = np.asarray(leaf)
+    arrays.update(pr=pr, top=top, ng_pr=ng_pr, time_sgd=np.asarray(timings["sgd"]),
+                  time_ng=np.asarray(timings["ng"]))
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _load_training(path, treedef):
+    with np.load(path) as z:
+        losses = {k[5:]: z[k] for k in z.files if k.startswith("loss/")}
+        histories = {}
+        for name in {k.split("/")[1] for k in z.files if k.startswith("history/")}:
+            leaves = [jax.numpy.asarray(z[f"history/{name}/{i}"])
+                      for i in range(treedef.num_leaves)]
+            histories[name] = jax.tree_util.tree_unflatten(treedef, leaves)
+        timings = {"sgd": z["time_sgd"].tolist(), "ng": z["time_ng"].tolist()}
+        return losses, histories, z["pr"], z["top"], z["ng_pr"], timings
+
+
+def _group_config(config: dict) -> dict:
+    d = dict(config)
+    d.pop("seed", None)
+    return d
+
+
+def summarise(records: Iterable[dict]) -> dict:
+    """Aggregates runs per configuration (seed dropped): for each criterion `passes`, `runs`,
+    `rate`, the Wilson 95% interval and `not_assessable`; plus error counts and kinds."""
+    groups: dict[str, dict[str, Any]] = {}
+    for r in records:
+        g = _group_config(r["config"])
+        key = json.dumps(g, sort_keys=True)
+        entry = groups.setdefault(key, {"config": g, "records": []})
+        entry["records"].append(r)
+    out = []
+    for entry in groups.values():
+        recs = entry["records"]
+        crit = {name: C.criterion_stats([r["criteria"].get(name, {}).get("pass") for r in recs])
+                for name in CRITERIA}
+        kinds: dict[str, int] = {}
+        for r in recs:
+            k = r.get("first_bifurcation_kind") or "none"
+            kinds[k] = kinds.get(k, 0) + 1
+        out.append({
+            "config": entry["config"], "criteria": crit, "seeds": sorted(
+                r["config"]["seed"] for r in recs),
+            "errors": sum(r.get("error") is not None for r in recs),
+            "first_bifurcation_kinds": kinds,
+        })
+    out.sort(key=lambda g: json.dumps(g["config"], sort_keys=True))
+    return {"groups": out}
+
+
+def run_sweep(
+    out_dir: str,
+    configs: Sequence[StudentTeacherConfig],
+    seeds: Sequence[int],
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    figures: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run every configuration group over `seeds` and write `runs.jsonl`, `summary.json`,
+    `summary.md` and the figures to `out_dir`. With `resume`, runs already in `runs.jsonl` with
+    an identical configuration and no error are skipped (and kept); without it, `runs.jsonl`
+    starts afresh. **Returns:** the summary."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "runs.jsonl")
+    if resume:
+        kept = [r for r in load_runs(path) if r.get("error") is None]
+    else:
+        kept = []
+    with open(path, "w") as f:
+        for r in kept:
+            f.write(json.dumps(r, allow_nan=False) + "\n")
+    finished = {_run_id(r["config"]) for r in kept}
+    done = lambda config: _run_id(config) in finished
+    total = sum(len(c.learning_rates) for c in configs) * len(seeds)
+    bar = _progress(progress)
+    task = None
+    if bar is not None:
+        bar.start()
+        task = bar.add_task("sweep runs", total=total, completed=len(
+            [c for c in configs for s in seeds for lr in c.learning_rates
+             if done(dataclasses.replace(c, seed=s, learning_rate=lr).to_dict())]))
+
+    def on_record(record):
+        _append(path, record)
+        if bar is not None:
+            bar.advance(task)
+
+    try:
+        for cfg in configs:
+            log(f"group {cfg.group_key()}: student={cfg.student}, N={cfg.hidden}, teacher gain "
+                f"{cfg.teacher_gain}, rates {list(cfg.learning_rates)}, seeds {list(seeds)}")
+            todo = [s for s in seeds if any(
+                not done(dataclasses.replace(cfg, seed=s, learning_rate=lr).to_dict())
+                for lr in cfg.learning_rates)]
+            cache = os.path.join(out_dir, "cache", f"{cfg.group_key()}-seeds-"
+                                 f"{'_'.join(str(s) for s in todo)}.npz")
+            os.makedirs(os.path.dirname(cache), exist_ok=True)
+            run_group(cfg, seeds, done=done, on_record=on_record, cache=cache, log=log)
+    finally:
+        if bar is not None:
+            bar.stop()
+    records = load_runs(path)
+    summary = summarise(records)
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1, allow_nan=False)
+    from ._sweep_report import summary_markdown
+
+    with open(os.path.join(out_dir, "summary.md"), "w") as f:
+        f.write(summary_markdown(summary, records))
+    if figures:
+        from ._sweep_report import write_sweep_figures
+
+        write_sweep_figures(summary, records, out_dir)
+    return summary
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(),
+                    TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn())
