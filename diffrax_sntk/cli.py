@@ -42,6 +42,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
     from .experiments import Interrupted, StudentTeacherConfig, run_student_teacher
 
     preset = "quick" if args.quick else "full" if args.full else "default"

@@ -86,6 +86,22 @@ def _kind(bif) -> str:
     return bif.kind
 
 
+@eqx.filter_jit
+def _as_matrix(J):
+    return J.as_matrix()
+
+
+@eqx.filter_jit
+def _simulate(model, problem):
+    return ds.simulate(model, problem)
+
+
+@eqx.filter_jit
+def _loss_along(s, params, u_tree, static, problem, target):
+    moved = jax.tree_util.tree_map(lambda p, u: p + s * u, params, u_tree)
+    return mse(eqx.combine(moved, static), problem, target)
+
+
 def _state_response(cfg, model, problem, spec, exact):
     """PR, s₁/s₂ and the dominant parameter direction u₁ (unit) with its response J u₁."""
     if exact:
@@ -96,15 +112,17 @@ def _state_response(cfg, model, problem, spec, exact):
         u_flat = vt[0]
         response = np.asarray(jm @ u_flat).reshape(cfg.trials, cfg.times, cfg.hidden)
         return pr, gap, u_flat, response
-    theta = ds.sntk_operator(model, problem)
+    theta = ds.sntk_operator(model, problem, filter_spec=spec)
     pairs = ds.top_eigenpairs(theta, 2, key=jax.random.PRNGKey(0))
-    s = np.asarray(pairs.eigenvalues)
+    s = np.asarray(pairs.values)
     pr = float(ds.effective_rank(theta, key=jax.random.PRNGKey(1)).value)
     J = ds.jacobian_operator(model, problem, filter_spec=spec)
-    g = J.transpose().mv(pairs.eigenvectors[0])
+    top_vec = pairs.vectors[0]
+    g = J.transpose().mv(top_vec)
     u_flat, _ = jfu.ravel_pytree(g)
     u_flat = u_flat / jnp.linalg.norm(u_flat)
-    response = np.asarray(pairs.eigenvectors[0]) * math.sqrt(max(s[0], 0.0))
+    # Θ v₁ = s₁ v₁ and Jᵀv₁ = √s₁ u₁, so J u₁ = √s₁ v₁.
+    response = np.asarray(top_vec) * math.sqrt(max(s[0], 0.0))
     return pr, float(s[0] / s[1]), u_flat, response
 
 
@@ -123,14 +141,13 @@ def _reduced_coefficients(model, spec, x_star, q, p, u_tree):
 
 def stable_learning_rate(cfg, model, problem, spec, num_outputs, exact=True) -> float:
     """2/λ_max of the Gauss–Newton matrix (2/#outputs) J_outᵀ J_out of the MSE."""
-    J = ds.jacobian_operator(model, problem, space="output", filter_spec=spec)
     if exact:
-        sv = np.linalg.svd(np.asarray(eqx.filter_jit(lambda J: J.as_matrix())(J)),
-                           compute_uv=False)
+        J = ds.jacobian_operator(model, problem, space="output", filter_spec=spec)
+        sv = np.linalg.svd(np.asarray(_as_matrix(J)), compute_uv=False)
         top = float(sv[0] ** 2)
     else:
-        top = float(ds.top_eigenpairs(ds.sntk_operator(model, problem, space="output"), 1,
-                                      key=jax.random.PRNGKey(0)).eigenvalues[0])
+        theta = ds.sntk_operator(model, problem, space="output", filter_spec=spec)
+        top = float(ds.top_eigenpairs(theta, 1, key=jax.random.PRNGKey(0)).values[0])
     return 2.0 / (2.0 / num_outputs * top)
 
 
@@ -163,12 +180,23 @@ def analyse_run(
     problem = make_problem(cfg, seed_setup.y0)
     pr = np.asarray(sgd["pr"], float)
     top = np.asarray(sgd["top"], float)
+    sgd_losses = np.asarray(sgd["losses"], float)
+    # A diverged run is frozen at its last finite parameters: evaluations from its divergence
+    # on repeat one point (a flat PR would be a "local minimum" everywhere), so they are cut.
+    bad = np.flatnonzero(~np.isfinite(sgd_losses))
+    diverged_at = int(bad[0]) if bad.size else None
+    if diverged_at is not None:
+        keep = eval_steps < diverged_at
+        eval_steps, pr, top = eval_steps[keep], pr[keep], top[keep]
 
-    track, lam_c = critical_eigenvalues(sgd["history"], student, eval_steps)
-    crossings = sorted((b for b in track.bifurcations if b.branch == 0),
-                       key=lambda b: float(b.parameter))
+    if len(eval_steps) >= 2:
+        track, lam_c = critical_eigenvalues(sgd["history"], student, eval_steps)
+        crossings = sorted((b for b in track.bifurcations if b.branch == 0),
+                           key=lambda b: float(b.parameter))
+    else:
+        track, lam_c, crossings = None, np.full(len(eval_steps), np.nan), []
     bif_list = [{"kind": _kind(b), "step": float(b.parameter) * cfg.eval_every,
-                 "direction": int(b.direction)} for b in crossings]
+                 "direction": int(b.direction), "located": bool(b.located)} for b in crossings]
     cross_steps = [d["step"] for d in bif_list]
     has = bool(crossings)
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(student, spec)))
@@ -197,7 +225,7 @@ def analyse_run(
         c3_args.update(energy_at_crossing=float(split.energy_fraction),
                        overlap_at_crossing=float(split.dominant_overlap))
         idx = C.choose_channel_evaluations(lam_c)
-        states = np.asarray(track.states)[:, 0, :]
+        states = np.asarray(track.states)[:, 0, :]  # type: ignore[union-attr]
         for i in idx:
             theta_i = jax.tree_util.tree_map(lambda h, i=i: h[eval_steps[i]], sgd["history"])
             s_i = _split(eqx.combine(theta_i, static), problem, jnp.asarray(states[i]), spec)
@@ -217,7 +245,7 @@ def analyse_run(
         num_fine = int(round(_FINE_PER_UNIT_TIME * cfg.t_end))
         t_fine = np.linspace(0.0, cfg.t_end, num_fine + 1)
         fine = make_problem(cfg, seed_setup.y0, ts=jnp.asarray(t_fine[1:]))
-        xs = np.asarray(eqx.filter_jit(ds.simulate)(model_c, fine))
+        xs = np.asarray(_simulate(model_c, fine))
         xs = np.concatenate([np.asarray(seed_setup.y0)[:, None, :], xs], axis=1)
         w = (xs - x_star) @ p
         c4_args = dict(kind=kind if kind != "branch_point" else "transcritical", response=response,
@@ -230,8 +258,11 @@ def analyse_run(
               "alignment": float(split.alignment), "b2": b2, "b3": b3, "a_u": a_u,
               "b1_u": b1_u}
         if landscape:
-            at["landscape"] = _landscape(cfg, model_c, static, spec, u_tree, b1_u, problem,
-                                         seed_setup.target)
+            try:
+                at["landscape"] = _landscape(cfg, model_c, static, spec, u_tree, b1_u, problem,
+                                             seed_setup.target)
+            except Exception as e:  # a figure's data: recorded, the criteria stand
+                at["landscape_error"] = f"{type(e).__name__}: {e}"
     criteria["C2_depth"] = C.c2_depth(pr=pr, lam_c=lam_c, top_eigenvalues=top if exact
                                       else np.full((len(pr), 2), np.nan), has_crossing=has,
                                       **c2_args)
@@ -244,15 +275,21 @@ def analyse_run(
             b2=None, b3=None, a_u=None, b1_u=None, has_crossing=False)
     criteria["C5_optimizer"] = C.c5_optimizer(ng_losses=np.asarray(ng["losses"]),
                                               baseline_losses=baselines)
-    criteria["C6_cost"] = C.c6_cost(sgd_times=timings["sgd"], ng_times=timings["ng"])
+    try:
+        criteria["C6_cost"] = C.c6_cost(sgd_times=timings["sgd"], ng_times=timings["ng"])
+    except ValueError as e:  # e.g. a diverged timing run: C6 alone is not assessable
+        criteria["C6_cost"] = {"value": None, "pass": None, "note": f"error: {e}"}
+    if diverged_at is not None:
+        for name in ("C1_localisation", "C2_depth", "C3_channel", "C4_normal_form"):
+            criteria[name]["sgd_diverged_at"] = diverged_at
 
     # C5 context: the stable learning rates and whether SGD spikes at the crossing there.
-    sgd_losses = np.asarray(sgd["losses"], float)
     spike = C.spike_factor(sgd_losses)
     peak = _spike_peak(sgd_losses)
-    stable = cfg.learning_rate < min(stable_rates.values())
+    limit = min(stable_rates.values())
+    stable = None if not math.isfinite(limit) else bool(cfg.learning_rate < limit)
     criteria["C5_optimizer"].update({
-        "learning_rate_stable": bool(stable),
+        "learning_rate_stable": stable,
         "stable_rate_initial": stable_rates["initial"],
         "stable_rate_teacher": stable_rates["teacher"],
         "sgd_spike": None if not math.isfinite(spike) else spike,
@@ -261,8 +298,12 @@ def analyse_run(
                                        and abs(peak - cross_steps[0]) <= _SPIKE_WINDOW),
     })
     ng_steps = eval_steps[ng["eval_idx"]]
-    ng_track, ng_lam = (critical_eigenvalues(ng["history"], student, ng_steps)
-                        if len(ng_steps) > 1 else (None, None))
+    ng_note = None
+    try:
+        ng_track, ng_lam = (critical_eigenvalues(ng["history"], student, ng_steps)
+                            if len(ng_steps) > 1 else (None, None))
+    except Exception as e:  # context only: recorded, the criteria stand
+        ng_track, ng_lam, ng_note = None, None, f"{type(e).__name__}: {e}"
     curves = {
         "eval_steps": eval_steps.tolist(),
         "pr": _nan_list(pr), "lam_c": _nan_list(lam_c),
@@ -275,6 +316,7 @@ def analyse_run(
             {"kind": b.kind, "step": float(np.interp(float(b.parameter),
                                                       np.arange(len(ng_steps)), ng_steps))}
             for b in ng_track.bifurcations if b.branch == 0],
+        "ng_tracking_error": ng_note,
     }
     return {"criteria": criteria, "bifurcations": bif_list, "first_bifurcation_kind": kind,
             "at_crossing": C._clean(at), "curves": curves}
@@ -292,13 +334,7 @@ def _landscape(cfg, model_c, static, spec, u_tree, b1_u, problem, target):
     s_max = 0.3 / max(abs(b1_u), 1e-3)
     s_values = np.linspace(-s_max, s_max, cfg.landscape_points)
     params, _ = eqx.partition(model_c, spec)
-
-    @eqx.filter_jit
-    def loss_at(s, params, u_tree, static, problem, target):
-        moved = jax.tree_util.tree_map(lambda p, u: p + s * u, params, u_tree)
-        return mse(eqx.combine(moved, static), problem, target)
-
-    loss = np.array([float(loss_at(jnp.asarray(s), params, u_tree, static, problem, target))
+    loss = np.array([float(_loss_along(jnp.asarray(s), params, u_tree, static, problem, target))
                      for s in s_values])
     check = C.landscape_check(s_values, loss)
     return {"s": s_values.tolist(), "loss": loss.tolist(), "check": check}

@@ -35,8 +35,8 @@ class StudentTeacherConfig:
     `refresh_every`.
 
     **Analysis:** `top_k` sNTK eigenvalues kept per evaluation; `pr_method` (`"exact"` from the
-    eigenvalues of JᵀJ, `"matfree"` from `ds.effective_rank`, `"auto"`: exact up to 512
-    parameters); `landscape_points`.
+    eigenvalues of JᵀJ, `"matfree"` from `ds.effective_rank`, `"auto"`: exact for N < 64);
+    `landscape_points`.
     """
 
     hidden: int = 10

@@ -238,14 +238,16 @@ def _evaluate_one(cfg, params, student, y0, top_k, key):
         s = jnp.clip(jnp.linalg.eigvalsh(jm.T @ jm)[::-1], 0.0, None)
         pr = s.sum() ** 2 / jnp.sum(s**2)
         return pr, s[:top_k]
-    theta = ds.sntk_operator(model, problem)
+    theta = ds.sntk_operator(model, problem, filter_spec=spec)
     est = ds.effective_rank(theta, key=key)
     return est.value, jnp.full((top_k,), jnp.nan)
 
 
 def use_exact(cfg: StudentTeacherConfig, num_params: int) -> bool:
+    """Exact spectra (JᵀJ) below N = 64, the matrix-free estimators from N = 64 on (the
+    protocol's rule); `pr_method` overrides."""
     if cfg.pr_method == "auto":
-        return num_params <= 512
+        return cfg.hidden < 64
     return cfg.pr_method == "exact"
 
 
@@ -294,8 +296,10 @@ def time_steps(cfg: StudentTeacherConfig, batch: Setup, seed_index: int = 0):
                                              one.target)
             jax.block_until_ready(loss)
             times.append(time.perf_counter() - t)
-            if not np.isfinite(float(loss)):
-                break
+            leaves = jax.tree_util.tree_leaves(p_new)
+            if not np.isfinite(float(loss)) or not all(
+                    bool(jnp.all(jnp.abs(x) <= _PARAM_BOUND)) for x in leaves):
+                break  # diverged (as in `train`): the steps so far are the timing sample
             p, s = p_new, s_new
         out[label] = times[1:]
     return out

@@ -48,6 +48,8 @@ CRITERIA = ("C1_localisation", "C2_depth", "C3_channel", "C4_normal_form", "C5_o
             "C6_cost")
 # The natural-gradient run is evaluated (PR, λ_c) at every `_NG_EVAL_STRIDE`-th evaluation.
 _NG_EVAL_STRIDE = 4
+# Bump when the training or evaluation programs change: older caches are then ignored.
+_CACHE_VERSION = "1"
 
 
 def load_runs(path: str) -> list[dict]:
@@ -108,30 +110,46 @@ def run_group(
     ng_idx = np.arange(0, len(eval_steps), _NG_EVAL_STRIDE)
     spec = param_spec(cfg, batch.student)
     treedef = jax.tree_util.tree_structure(eqx.filter(batch.student, spec))
+    loaded = None
     if cache is not None and os.path.exists(cache):
-        losses, histories, pr, top, ng_pr, timings = _load_training(cache, treedef)
-        log(f"  loaded the training results from {cache}")
-    else:
-        losses, histories = {}, {}
-        for name in OPTIMIZERS if ng in OPTIMIZERS else OPTIMIZERS + (ng,):
+        loaded = _load_training(cache, treedef)
+        if loaded is None:
+            log(f"  ignoring {cache}: written by another version or dtype")
+        else:
+            losses, histories, pr, top, ng_pr, timings = loaded
+            log(f"  loaded the training results from {cache}")
+    if loaded is None:
+        try:
+            losses, histories = {}, {}
+            for name in OPTIMIZERS if ng in OPTIMIZERS else OPTIMIZERS + (ng,):
+                t = time.perf_counter()
+                L, H = train(cfg, name, lrs, batch)
+                losses[name] = np.asarray(L)
+                if name in ("sgd", ng):
+                    histories[name] = H
+                log(f"  trained {name} on {len(todo_seeds)} seeds x {len(lrs)} rates "
+                    f"in {time.perf_counter() - t:.1f} s")
             t = time.perf_counter()
-            L, H = train(cfg, name, lrs, batch)
-            losses[name] = np.asarray(L)
-            if name in ("sgd", ng):
-                histories[name] = H
-            log(f"  trained {name} on {len(todo_seeds)} seeds x {len(lrs)} rates "
-                f"in {time.perf_counter() - t:.1f} s")
-        t = time.perf_counter()
-        pr, top = (np.asarray(a) for a in evaluate(cfg, histories["sgd"], batch, eval_steps,
-                                                    todo_seeds))
-        ng_pr, _ = (np.asarray(a) for a in evaluate(cfg, histories[ng], batch,
-                                                     eval_steps[ng_idx], todo_seeds))
-        log(f"  evaluated the sNTK along training in {time.perf_counter() - t:.1f} s")
-        t = time.perf_counter()
-        timings = time_steps(cfg, batch)
-        log(f"  timed the steps in {time.perf_counter() - t:.1f} s")
-        if cache is not None:
-            _save_training(cache, losses, histories, pr, top, ng_pr, timings)
+            pr, top = (np.asarray(a) for a in evaluate(cfg, histories["sgd"], batch, eval_steps,
+                                                        todo_seeds))
+            ng_pr, _ = (np.asarray(a) for a in evaluate(cfg, histories[ng], batch,
+                                                         eval_steps[ng_idx], todo_seeds))
+            log(f"  evaluated the sNTK along training in {time.perf_counter() - t:.1f} s")
+            t = time.perf_counter()
+            timings = time_steps(cfg, batch)
+            log(f"  timed the steps in {time.perf_counter() - t:.1f} s")
+            if cache is not None:
+                _save_training(cache, losses, histories, pr, top, ng_pr, timings)
+        except Exception as e:  # e.g. a solve that failed for one seed: every run reports it
+            message = f"training failed: {type(e).__name__}: {e}"
+            log(message)
+            records = []
+            for s in todo_seeds:
+                for lr in lrs:
+                    if not done(configs[s, lr].to_dict()):
+                        records.append(_error_record(configs[s, lr].to_dict(), message))
+                        on_record(records[-1])
+            return records
     after_training()
     setup_time = time.perf_counter() - t0
     records = []
@@ -186,14 +204,20 @@ def _save_training(path, losses, histories, pr, top, ng_pr, timings):
         for i, leaf in enumerate(jax.tree_util.tree_leaves(h)):
             arrays[f"history/{name}/{i}"] = np.asarray(leaf)
     arrays.update(pr=pr, top=top, ng_pr=ng_pr, time_sgd=np.asarray(timings["sgd"]),
-                  time_ng=np.asarray(timings["ng"]))
+                  time_ng=np.asarray(timings["ng"]), stamp=np.asarray(_cache_stamp()))
     tmp = path + ".tmp.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
 
 
+def _cache_stamp() -> str:
+    return f"{_CACHE_VERSION}/{jax.numpy.zeros(()).dtype}"
+
+
 def _load_training(path, treedef):
     with np.load(path) as z:
+        if "stamp" not in z.files or str(z["stamp"]) != _cache_stamp():
+            return None
         losses = {k[5:]: z[k] for k in z.files if k.startswith("loss/")}
         histories = {}
         for name in {k.split("/")[1] for k in z.files if k.startswith("history/")}:
@@ -287,6 +311,8 @@ def run_sweep(
             cache = os.path.join(out_dir, "cache", f"{cfg.group_key()}-seeds-"
                                  f"{'_'.join(str(s) for s in todo)}.npz")
             os.makedirs(os.path.dirname(cache), exist_ok=True)
+            if not resume and os.path.exists(cache):
+                os.remove(cache)  # a fresh sweep never reuses training results
             run_group(cfg, seeds, done=done, on_record=on_record, cache=cache, log=log)
     finally:
         if bar is not None:

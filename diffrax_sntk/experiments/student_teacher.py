@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import jax
+
 from ._config import StudentTeacherConfig
 from ._sweep import run_group
 
@@ -80,6 +82,12 @@ def run_student_teacher(
     The report dictionary; its schema is `REPORT_SCHEMA`. Enable float64 (`jax_enable_x64`)
     before calling: the spectral quantities need it (the CLI does).
     """
+    if not jax.config.jax_enable_x64:
+        raise ValueError(
+            "run_student_teacher needs float64 (the effective rank and the normal forms lose "
+            "their small eigenvalues in float32): call "
+            '`jax.config.update("jax_enable_x64", True)` first (the CLI does).'
+        )
     cfg = StudentTeacherConfig() if config is None else config
     if cfg.learning_rate not in cfg.learning_rates:
         cfg = dataclasses.replace(
