@@ -211,9 +211,14 @@ def _train_one(cfg, name, lr, student, y0, target):
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _train(cfg, name, lrs, students, y0s, targets):
-    per_seed = lambda st, y0, tg: jax.vmap(
-        lambda lr: _train_one(cfg, name, lr, st, y0, tg))(lrs)
-    return jax.vmap(per_seed)(students, y0s, targets)
+    # Seeds are vmapped, rates run one after another: a vmapped adaptive solve takes as many
+    # steps as its stiffest member, and the stiff members (weights grown by a large rate) are
+    # those of one rate; rates in one batch made Adam's comparison ~5x slower.
+    per_rate = lambda lr: jax.vmap(lambda st, y0, tg: _train_one(cfg, name, lr, st, y0, tg))(
+        students, y0s, targets)
+    losses, history = jax.lax.map(per_rate, lrs)
+    swap = lambda x: jnp.swapaxes(x, 0, 1)
+    return swap(losses), jax.tree_util.tree_map(swap, history)
 
 
 def train(cfg: StudentTeacherConfig, name: str, learning_rates, batch: Setup):
@@ -253,27 +258,41 @@ def use_exact(cfg: StudentTeacherConfig, num_params: int) -> bool:
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def _evaluate(cfg, history, students, y0s, keys):
-    one = lambda p, st, y0, k: _evaluate_one(cfg, p, st, y0, cfg.top_k, k)
-    over_evals = lambda h, st, y0, k: jax.lax.map(
-        lambda pk: one(pk[0], st, y0, pk[1]), (h, jr.split(k, _leading(h))))
-    over_rates = lambda h, st, y0, k: jax.vmap(over_evals, in_axes=(0, None, None, 0))(
-        h, st, y0, jr.split(k, _leading(h)))
-    return jax.vmap(over_rates)(history, students, y0s, keys)
+def _evaluate(cfg, history, valid, students, y0s, keys):
+    # One evaluation at a time (`lax.map` over seeds, rates and evaluations): each J is a vmapped
+    # block of tangent solves, and batching several models would make every one of them take the
+    # steps of the stiffest. Evaluations of a diverged run (`valid` false) are skipped.
+    seeds, rates, evals = valid.shape
+    flat = jax.tree_util.tree_map(lambda h: h.reshape((-1,) + h.shape[3:]), history)
+    seed_of = jnp.repeat(jnp.arange(seeds), rates * evals)
+    keys = jax.vmap(lambda k: jr.split(k, rates * evals))(keys).reshape(-1, keys.shape[-1])
+    top_k = cfg.top_k
+
+    def one(args):
+        p, ok, i, key = args
+        st = jax.tree_util.tree_map(lambda x: x[i], students)
+        skip = lambda: (jnp.asarray(jnp.nan, y0s.dtype), jnp.full((top_k,), jnp.nan, y0s.dtype))
+        run = lambda: _evaluate_one(cfg, p, st, y0s[i], top_k, key)
+        return jax.lax.cond(ok, run, skip)
+
+    pr, top = jax.lax.map(one, (flat, valid.reshape(-1), seed_of, keys))
+    return pr.reshape(seeds, rates, evals), top.reshape(seeds, rates, evals, top_k)
 
 
 def _leading(tree):
     return jax.tree_util.tree_leaves(tree)[0].shape[0]
 
 
-def evaluate(cfg: StudentTeacherConfig, history, batch: Setup, eval_steps, seeds):
+def evaluate(cfg: StudentTeacherConfig, history, batch: Setup, eval_steps, seeds, losses):
     """Participation ratio and top eigenvalues of the state-space sNTK at `eval_steps` of every
-    (seed, rate) history. **Returns:** `(pr, top)` shaped `(seeds, rates, evals)` and
-    `(seeds, rates, evals, top_k)` (top is NaN on the matrix-free path)."""
+    (seed, rate) history whose loss there is finite (NaN elsewhere: the run had diverged).
+    **Returns:** `(pr, top)` shaped `(seeds, rates, evals)` and `(seeds, rates, evals, top_k)`
+    (top is NaN on the matrix-free path)."""
     idx = jnp.asarray(eval_steps)
     sub = jax.tree_util.tree_map(lambda h: h[:, :, idx], history)
+    valid = jnp.isfinite(jnp.asarray(losses)[:, :, idx])
     keys = jnp.stack([jr.fold_in(jr.PRNGKey(int(s)), 7) for s in seeds])
-    return _evaluate(canonical(cfg), sub, batch.student, batch.y0, keys)
+    return _evaluate(canonical(cfg), sub, valid, batch.student, batch.y0, keys)
 
 
 def time_steps(cfg: StudentTeacherConfig, batch: Setup, seed_index: int = 0):

@@ -49,7 +49,7 @@ CRITERIA = ("C1_localisation", "C2_depth", "C3_channel", "C4_normal_form", "C5_o
 # The natural-gradient run is evaluated (PR, λ_c) at every `_NG_EVAL_STRIDE`-th evaluation.
 _NG_EVAL_STRIDE = 4
 # Bump when the training or evaluation programs change: older caches are then ignored.
-_CACHE_VERSION = "1"
+_CACHE_VERSION = "2"
 
 
 def load_runs(path: str) -> list[dict]:
@@ -131,9 +131,10 @@ def run_group(
                     f"in {time.perf_counter() - t:.1f} s")
             t = time.perf_counter()
             pr, top = (np.asarray(a) for a in evaluate(cfg, histories["sgd"], batch, eval_steps,
-                                                        todo_seeds))
+                                                        todo_seeds, losses["sgd"]))
             ng_pr, _ = (np.asarray(a) for a in evaluate(cfg, histories[ng], batch,
-                                                         eval_steps[ng_idx], todo_seeds))
+                                                         eval_steps[ng_idx], todo_seeds,
+                                                         losses[ng]))
             log(f"  evaluated the sNTK along training in {time.perf_counter() - t:.1f} s")
             t = time.perf_counter()
             timings = time_steps(cfg, batch)
