@@ -51,7 +51,7 @@ def pipeline(cfg, name, seeds):
     stages["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    pr, _ = jax.block_until_ready(_run.evaluate(cfg, history, batch, eval_steps, seeds))
+    pr, _ = jax.block_until_ready(_run.evaluate(cfg, history, batch, eval_steps, seeds, losses))
     stages["evaluate"] = time.perf_counter() - t
 
     total = time.perf_counter() - start
