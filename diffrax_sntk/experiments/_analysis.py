@@ -115,7 +115,7 @@ def _state_response(cfg, model, problem, spec, exact):
     theta = ds.sntk_operator(model, problem, filter_spec=spec)
     pairs = ds.top_eigenpairs(theta, 2, key=jax.random.PRNGKey(0))
     s = np.asarray(pairs.values)
-    pr = float(ds.effective_rank(theta, key=jax.random.PRNGKey(1)).value)
+    pr = float(ds.effective_rank(theta, key=jax.random.PRNGKey(1)).estimate)
     J = ds.jacobian_operator(model, problem, filter_spec=spec)
     top_vec = pairs.vectors[0]
     g = J.transpose().mv(top_vec)

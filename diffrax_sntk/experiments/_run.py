@@ -246,7 +246,7 @@ def _evaluate_one(cfg, params, student, y0, top_k, key):
         return pr, s[:top_k]
     theta = ds.sntk_operator(model, problem, filter_spec=spec)
     est = ds.effective_rank(theta, key=key)
-    return est.value, jnp.full((top_k,), jnp.nan)
+    return est.estimate, jnp.full((top_k,), jnp.nan)
 
 
 def use_exact(cfg: StudentTeacherConfig, num_params: int) -> bool:
