@@ -129,3 +129,36 @@ def test_negative_control_never_passes(tmp_path):
     for g in summary["groups"]:
         for name in ("C1_localisation", "C2_depth", "C3_channel", "C4_normal_form"):
             assert g["criteria"][name]["passes"] == 0, (g["config"]["learning_rate"], name)
+
+
+def test_matrix_free_path_agrees_with_exact():
+    # The N >= 64 path (matrix-free PR, top eigenpairs, u1 = Jᵀv1/‖·‖) on a tiny model, against
+    # the exact path; the response J u1 is defined up to the sign of u1.
+    import dataclasses
+
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from diffrax_sntk.experiments import _analysis, _run
+
+    cfg = StudentTeacherConfig.preset("quick", steps=STEPS)
+    one = jax.tree_util.tree_map(lambda x: x[0], _run.setups(cfg, [0]))
+    spec = _run.param_spec(cfg, one.student)
+    params = eqx.filter(one.student, spec)
+    key = jax.random.PRNGKey(3)
+    evaluate = eqx.filter_jit(_run._evaluate_one)
+    exact_pr, exact_top = evaluate(dataclasses.replace(cfg, pr_method="exact"), params,
+                                   one.student, one.y0, 2, key)
+    free_pr, free_top = evaluate(dataclasses.replace(cfg, pr_method="matfree"), params,
+                                 one.student, one.y0, 2, key)
+    assert np.all(np.isfinite(exact_top)) and np.all(np.isnan(free_top))
+    assert abs(float(free_pr) / float(exact_pr) - 1) < 0.1
+    problem = _run.make_problem(cfg, one.y0)
+    pr_e, gap_e, _, resp_e = _analysis._state_response(cfg, one.student, problem, spec, True)
+    pr_f, gap_f, _, resp_f = _analysis._state_response(cfg, one.student, problem, spec, False)
+    assert abs(pr_f / pr_e - 1) < 0.1 and abs(gap_f / gap_e - 1) < 1e-3
+    sign = np.sign(np.sum(resp_e * resp_f))
+    assert np.allclose(sign * resp_f, resp_e, rtol=1e-4, atol=1e-6 * np.abs(resp_e).max())
+    assert jnp.asarray(resp_f).shape == (cfg.trials, cfg.times, cfg.hidden)
