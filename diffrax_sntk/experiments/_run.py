@@ -184,14 +184,7 @@ def _train_one(cfg, name, lr, student, y0, target):
 
     def step(carry, _):
         p, s, dead = carry
-        loss, grads = jax.value_and_grad(loss_of)(p)
-        if name.startswith("ng"):
-            J = ds.jacobian_operator(eqx.combine(p, static), problem, space="output",
-                                     filter_spec=spec)
-            updates, s_new = opt.update(grads, s, p, jacobian=J)
-        else:
-            updates, s_new = opt.update(grads, s, p)
-        p_new = eqx.apply_updates(p, updates)
+        p_new, s_new, loss = _step(name, opt, spec, p, s, static, problem, target)
         leaves = jax.tree_util.tree_leaves(p_new)
         bad = ~jnp.isfinite(loss) | ~jnp.all(jnp.stack(
             [jnp.all(jnp.isfinite(x) & (jnp.abs(x) <= _PARAM_BOUND)) for x in leaves]))
@@ -331,6 +324,12 @@ def _timed_step(cfg, name, lr, p, s, static, problem, target):
     # the current model for the natural gradient, the optimizer update.
     opt = make_optimizer(name, lr, cfg, target.size)
     spec = param_spec(cfg, eqx.combine(p, static))
+    return _step(name, opt, spec, p, s, static, problem, target)
+
+
+def _step(name, opt, spec, p, s, static, problem, target):
+    """One step: MSE and its gradient, the output-space Jacobian operator at the current model
+    for the natural gradient, the optimizer update. **Returns:** `(params, state, loss)`."""
     loss, grads = jax.value_and_grad(lambda q: mse(eqx.combine(q, static), problem, target))(p)
     if name.startswith("ng"):
         J = ds.jacobian_operator(eqx.combine(p, static), problem, space="output",
