@@ -297,7 +297,8 @@ def analyse_run(
         "sgd_spikes_at_crossing": bool(has and spike > 1.05 and peak is not None
                                        and abs(peak - cross_steps[0]) <= _SPIKE_WINDOW),
     })
-    ng_steps = eval_steps[ng["eval_idx"]]
+    # The NG run's evaluation indices refer to the full grid (the SGD grid may be cut above).
+    ng_steps = np.arange(0, cfg.steps + 1, cfg.eval_every)[ng["eval_idx"]]
     ng_note = None
     try:
         ng_track, ng_lam = (critical_eigenvalues(ng["history"], student, ng_steps)
