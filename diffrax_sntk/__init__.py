@@ -6,6 +6,9 @@ Public API: everything importable from `diffrax_sntk`. Implementation modules ar
 
 import importlib.metadata
 
+# --- failure codes
+from ._misc import RESULTS as RESULTS
+
 # --- models and trajectory problems
 from ._model import CTRNN as CTRNN, VectorField as VectorField
 from ._problem import TrajectoryProblem as TrajectoryProblem, simulate as simulate
@@ -21,7 +24,7 @@ from ._operators import (
     sntk_operator as sntk_operator,
 )
 
-# --- spectral toolkit (issue 3)
+# --- spectral toolkit
 from ._partial_trace import partial_trace as partial_trace
 from ._spectral import Eigenpairs as Eigenpairs
 from ._spectral import top_eigenpairs as top_eigenpairs
@@ -31,7 +34,7 @@ from ._trace_estimators import Estimate as Estimate
 from ._trace_estimators import frobenius_norm_squared as frobenius_norm_squared
 from ._trace_estimators import trace as trace
 
-# --- fixed points, bifurcations, normal forms (issue 4)
+# --- fixed points, bifurcations, normal forms
 from ._bifurcation import Bifurcation as Bifurcation
 from ._bifurcation import Branch as Branch
 from ._bifurcation import continuation as continuation
@@ -48,19 +51,19 @@ from ._normal_forms import normal_form_coefficients as normal_form_coefficients
 from ._tracking import BifurcationTrack as BifurcationTrack
 from ._tracking import track_bifurcations as track_bifurcations
 
-# --- bifurcation channels (issue 5)
+# --- bifurcation channels
 from ._channels import BifurcationChannels as BifurcationChannels
 from ._channels import bifurcation_channels as bifurcation_channels
 from ._landscape import RestrictedLandscape as RestrictedLandscape
 from ._landscape import fit_normal_form_landscape as fit_normal_form_landscape
 from ._landscape import restricted_landscape as restricted_landscape
 
-# --- natural gradient (issue 6)
+# --- natural gradient
 from ._natgrad import LowRankNaturalGradientState as LowRankNaturalGradientState
 from ._natgrad import low_rank_natural_gradient as low_rank_natural_gradient
 from ._natgrad import scale_by_low_rank_natural_gradient as scale_by_low_rank_natural_gradient
 
-# --- sharding (issue 8)
+# --- sharding
 from ._sharding import shard_trials as shard_trials
 
 __version__ = importlib.metadata.version("diffrax_sntk")

@@ -52,3 +52,16 @@ def dense_jacobian(model, problem, space="state"):
     return np.concatenate(
         [np.asarray(leaf).reshape(rows, -1) for leaf in jax.tree_util.tree_leaves(jac)], axis=1
     )
+
+
+# Value checks use `eqx.error_if`: eagerly they raise `EquinoxTracetimeError`, under `jit` a
+# `JaxRuntimeError` wrapping `EquinoxRuntimeError`. Both carry the message.
+CHECK_ERRORS = (ValueError, eqx.EquinoxTracetimeError, eqx.EquinoxRuntimeError,
+                jax.errors.JaxRuntimeError)
+
+
+def raises_check(match):
+    """`pytest.raises` for a failed value check, eager or under `jit`."""
+    import pytest
+
+    return pytest.raises(CHECK_ERRORS, match=match)
