@@ -11,12 +11,16 @@ left vector w, wᵀv = 1) two parameter directions carry the amplified part of t
 With U an orthonormal basis of their span, Θ = J Jᵀ splits exactly into
 Θ_bif = J Π_U Jᵀ = (J U)(J U)ᵀ (rank ≤ 4, ≤ 2 for the default directions) and
 Θ_res = J (I − Π_U) Jᵀ, both symmetric PSD. See `docs/channels.md` for the derivation.
+
+Θ and Θ_res are compositions of the one public trajectory Jacobian `jacobian_operator(method=...)`
+(replay or solve, as that operator picks), so J is linearised once and shared by Θ, Θ_res, the
+channel factors J U and the dominant direction Jᵀv₁.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import equinox as eqx
 import jax
@@ -28,16 +32,40 @@ import lineax as lx
 from jaxtyping import Array, ArrayLike, Bool, Complex, Float, Int, PRNGKeyArray, PyTree
 
 from ._bifurcation import Bifurcation
-from ._fixed_points import FixedPoints, spectrum_of_matrix
-from ._operators import PairedLinearOperator, _jvp, _prepare, _theta_mv, _vjp
+from ._fixed_points import FixedPoints
+from ._misc import (
+    RESULTS,
+    check_callable,
+    check_vector_field,
+    error_if_nonfinite,
+    gauge_fix,
+    participation_ratio,
+    real_mask,
+    result_where,
+    spectrum_of_matrix,
+)
+from ._operators import PairedLinearOperator, jacobian_operator
 from ._problem import TrajectoryProblem
 from ._spectral import top_eigenpairs
 from ._trace_estimators import effective_rank, trace
 
-__all__ = ["BifurcationChannels", "bifurcation_channels"]
+__all__ = [
+    "BifurcationChannels",
+    "ChannelDiagnostics",
+    "ChannelSplit",
+    "CriticalMode",
+    "bifurcation_channels",
+]
 
 _DIRECTIONS = ("auto", "forcing", "eigenvalue", "both")
 _METHODS = ("auto", "dense", "matfree")
+# Candidate directions, in this order: Re g_f, Re g_λ (∇Re λ_c), Im g_λ (∇Im λ_c), Im g_f.
+_REAL_MASKS = {
+    "auto": (True, True, False, False), "forcing": (True, False, False, True),
+    "eigenvalue": (False, True, True, False), "both": (True, True, True, True),
+}
+_PSD = (lx.symmetric_tag, lx.positive_semidefinite_tag)
+
 
 class _FromProblem:
     def __repr__(self):
@@ -47,104 +75,213 @@ class _FromProblem:
 _FROM_PROBLEM = _FromProblem()
 
 
-class BifurcationChannels(eqx.Module):
-    r"""Result of [`bifurcation_channels`][diffrax_sntk.bifurcation_channels].
+# ---------------------------------------------------------------------------------------------
+# Result types.
 
-    All state-space arrays have the sNTK's shape `(batch, time, state)`; parameter-space directions
-    are pytrees shaped like the model's parameters (`eqx.filter(model, eqx.is_inexact_array)`) with
-    a leading axis.
+
+class ChannelSplit(eqx.Module):
+    r"""The exact split Θ = Θ_bif + Θ_res, its factors and the traces and ratios built on them.
 
     **Fields:**
 
     - `bifurcation`, `residual`, `sntk`: Θ_bif = J Π_U Jᵀ, Θ_res = J (I − Π_U) Jᵀ and Θ = J Jᵀ as
         lineax operators (symmetric, PSD); `bifurcation + residual = sntk` exactly.
+    - `restricted`: the restricted sNTK (J u1)(J u1)ᵀ along the dominant direction u1.
     - `basis`: U, leading axis 4, orthonormal; the first `rank` rows span the channel, the others
-        are zero.
-    - `rank`: the number of independent channel directions.
-    - `forcing_direction`: g_f = (∂f/∂θ)ᵀ w, leading axis 2 (real part, imaginary part; the
-        imaginary part is zero for a real critical eigenvalue).
-    - `eigenvalue_direction`: g_λ = ∇_θ λ_c = wᵀ(∂_θ A)v, leading axis 2 (∇ Re λ_c, ∇ Im λ_c).
-    - `state`, `critical_eigenvalue`, `right_eigenvector`, `left_eigenvector`: x*, λ_c, v (unit
-        norm), w (wᵀv = 1) of the model's Jacobian at x*.
-    - `fixed_point_residual`: ‖f(x*)‖₂.
-    - `gap_ratio`: |Re λ_c| / min |Re λ_j| over the non-critical eigenvalues (0 when there are
-        none); small means the mode is well separated from the rest of the spectrum.
-    - `energy_fraction`: tr Θ_bif / tr Θ.
-    - `amplification`: λ_max(Θ_bif) / λ_max(Θ_res) (`inf` when Θ_res = 0).
-    - `top_eigenvalue`, `top_eigenvector`: the top eigenpair of Θ.
-    - `channel_eigenvalues`: the eigenvalues of Θ_bif (descending, 4 of them, zeros past `rank`);
+        are zero. `rank`: the number of independent channel directions.
+    - `factors`: J U, leading axis 4 (Θ_bif = Σ_j f_j f_jᵀ).
+    - `trace`, `channel_trace`: tr Θ and tr Θ_bif; `energy_fraction` = tr Θ_bif / tr Θ.
+    - `channel_eigenvalues`: the eigenvalues of Θ_bif (descending, 4, zeros past `rank`);
         `channel_eigenvector`: its top eigenvector.
-    - `residual_top_eigenvalue`: λ_max(Θ_res).
-    - `alignment`: |cos| between the top eigenvectors of Θ and of Θ_bif.
-    - `subspace_alignment`: the norm of the projection of Θ's top eigenvector onto the range of
-        Θ_bif (1 when it lies in the channel).
-    - `dominant_direction`: u1, the top eigenvector of JᵀJ (u1 ∝ Jᵀ v1), leading axis 1;
-        `dominant_overlap`: ‖Π_U u1‖ (1 when u1 lies in the channel).
-    - `restricted`: the restricted sNTK (J u1)(J u1)ᵀ (a lineax operator).
-    - `effective_rank`: participation ratio (tr Θ)² / tr Θ² of Θ (exact with `method="dense"`).
-    - `profile_computed`: J ĝ_f, the response to the unit forcing direction ĝ_f = Re g_f/‖Re g_f‖.
-    - `profile_predicted`: the normal-form prediction c·e(t)·v with c = wᵀ(∂f/∂θ)ĝ_f and
-        e(t) = (e^{λ_c (t − t0)} − 1)/λ_c (= (1 − e^{λ_c t})/|λ_c| for λ_c < 0, t0 = 0); twice the
-        real part for a complex pair. It assumes every trial starts at x*.
-    - `profile_error`: ‖profile_computed − profile_predicted‖ / ‖profile_computed‖.
-    - `residual_too_large`, `far_from_critical`: flags behind `warnings`.
-    - `residual_tol`, `gap_tol`: the thresholds used for the flags.
-
-    `warnings` (a property) is a tuple of human-readable strings, empty when the interpretation
-    of the split as "the bifurcation channel" is justified. The split itself is always exact.
+    - `top_eigenvalue`, `residual_top_eigenvalue`: λ_max(Θ) and λ_max(Θ_res);
+        `amplification` = λ_max(Θ_bif) / λ_max(Θ_res) (`inf` when Θ_res = 0).
     """
 
     bifurcation: PairedLinearOperator
     residual: PairedLinearOperator
     sntk: PairedLinearOperator
+    restricted: PairedLinearOperator
     basis: PyTree
     rank: Int[Array, ""]
-    forcing_direction: PyTree
-    eigenvalue_direction: PyTree
-    state: Float[Array, " state"]
-    critical_eigenvalue: Complex[Array, ""]
-    right_eigenvector: Complex[Array, " state"]
-    left_eigenvector: Complex[Array, " state"]
-    fixed_point_residual: Float[Array, ""]
-    gap_ratio: Float[Array, ""]
+    factors: Float[Array, "4 batch time state"]
+    trace: Float[Array, ""]
+    channel_trace: Float[Array, ""]
     energy_fraction: Float[Array, ""]
-    amplification: Float[Array, ""]
-    top_eigenvalue: Float[Array, ""]
-    top_eigenvector: Float[Array, "batch time state"]
     channel_eigenvalues: Float[Array, " 4"]
     channel_eigenvector: Float[Array, "batch time state"]
+    top_eigenvalue: Float[Array, ""]
     residual_top_eigenvalue: Float[Array, ""]
+    amplification: Float[Array, ""]
+
+
+class CriticalMode(eqx.Module):
+    r"""The critical mode of A = ∂f/∂x at the point and its parameter directions.
+
+    **Fields:**
+
+    - `state`: x*; `fixed_point_residual`: ‖f(x*)‖₂.
+    - `eigenvalue`: λ_c; `right_eigenvector`: v (unit norm, largest entry real positive);
+        `left_eigenvector`: w (wᵀv = 1); `is_complex`: λ_c is one of a complex pair.
+    - `gap_ratio`: |Re λ_c| / min |Re λ_j| over the non-critical eigenvalues (0 when there are
+        none); small means the mode is well separated from the rest of the spectrum.
+    - `forcing_direction`: g_f = (∂f/∂θ)ᵀ w, leading axis 2 (real part, imaginary part; the
+        imaginary part is zero for a real critical eigenvalue).
+    - `eigenvalue_direction`: g_λ = ∇_θ λ_c = wᵀ(∂_θ A)v, leading axis 2 (∇ Re λ_c, ∇ Im λ_c).
+
+    Parameter-space directions are pytrees shaped like the model's parameters.
+    """
+
+    state: Float[Array, " state"]
+    fixed_point_residual: Float[Array, ""]
+    eigenvalue: Complex[Array, ""]
+    right_eigenvector: Complex[Array, " state"]
+    left_eigenvector: Complex[Array, " state"]
+    is_complex: Bool[Array, ""]
+    gap_ratio: Float[Array, ""]
+    forcing_direction: PyTree
+    eigenvalue_direction: PyTree
+
+
+class ChannelDiagnostics(eqx.Module):
+    r"""How far Θ is dominated by the channel, and how well the normal form predicts it.
+
+    **Fields:**
+
+    - `top_eigenvector`: the top eigenvector v1 of Θ.
+    - `effective_rank`: participation ratio (tr Θ)² / tr Θ² (exact with `method="dense"`).
+    - `alignment`: |cos| between the top eigenvectors of Θ and of Θ_bif.
+    - `subspace_alignment`: the norm of the projection of v1 onto the range of Θ_bif (1 when it
+        lies in the channel).
+    - `dominant_direction`: u1, the top eigenvector of JᵀJ (u1 ∝ Jᵀ v1), leading axis 1;
+        `dominant_overlap`: ‖Π_U u1‖ (1 when u1 lies in the channel).
+    - `profile_computed`: J ĝ_f, the response to the unit forcing direction ĝ_f = Re g_f/‖Re g_f‖.
+    - `profile_predicted`: the normal-form prediction c·e(t)·v with c = wᵀ(∂f/∂θ)ĝ_f and
+        e(t) = (e^{λ_c (t − t0)} − 1)/λ_c (= (1 − e^{λ_c t})/|λ_c| for λ_c < 0, t0 = 0); twice the
+        real part for a complex pair. It assumes every trial starts at x*.
+    - `profile_error`: ‖profile_computed − profile_predicted‖ / ‖profile_computed‖ (NaN when
+        Re g_f = 0: there is no forcing direction to compare).
+    - `residual_too_large`: ‖f(x*)‖ > `residual_tol` (x* is not a fixed point).
+    - `far_from_critical`: `gap_ratio` > `gap_tol`.
+    - `eigensolver_converged`: the matrix-free eigensolves met their tolerance (always true for
+        `method="dense"`).
+    """
+
+    top_eigenvector: Float[Array, "batch time state"]
+    effective_rank: Float[Array, ""]
     alignment: Float[Array, ""]
     subspace_alignment: Float[Array, ""]
     dominant_direction: PyTree
     dominant_overlap: Float[Array, ""]
-    restricted: PairedLinearOperator
-    effective_rank: Float[Array, ""]
     profile_computed: Float[Array, "batch time state"]
     profile_predicted: Float[Array, "batch time state"]
     profile_error: Float[Array, ""]
     residual_too_large: Bool[Array, ""]
     far_from_critical: Bool[Array, ""]
+    eigensolver_converged: Bool[Array, ""]
+
+
+def _alias(group: str, name: str) -> property:
+    return property(
+        lambda self: getattr(getattr(self, group), name), doc=f"Same as `{group}.{name}`."
+    )
+
+
+class BifurcationChannels(eqx.Module):
+    r"""Result of [`bifurcation_channels`][diffrax_sntk.bifurcation_channels].
+
+    All state-space arrays have the sNTK's shape `(batch, time, state)`; parameter-space
+    directions are pytrees shaped like the model's parameters (`eqx.filter(model,
+    eqx.is_inexact_array)`) with a leading axis. Jittable (returned from `eqx.filter_jit`) and
+    vmappable (`eqx.filter_vmap`, over points or parameters).
+
+    **Fields:**
+
+    - `split`: a [`ChannelSplit`][diffrax_sntk.ChannelSplit]: Θ_bif, Θ_res, Θ and the restricted
+        sNTK as operators, the basis U and factors J U, traces, energy fraction, top
+        eigenvalues, amplification.
+    - `mode`: a [`CriticalMode`][diffrax_sntk.CriticalMode]: x*, λ_c, v, w, the gap ratio and the
+        forcing and eigenvalue directions.
+    - `diagnostics`: a [`ChannelDiagnostics`][diffrax_sntk.ChannelDiagnostics]: effective rank,
+        alignments and overlaps, the normal-form time profile, the flags behind `warnings`.
+    - `result`: a [`ds.RESULTS`][diffrax_sntk.RESULTS] item: `successful`; `no_fixed_point`
+        (a `FixedPoints` input with no converged entry, or ‖f(x*)‖ > `residual_tol`: the channel
+        directions are those of a linearisation at a non-equilibrium); `eigensolver_max_restarts`
+        (matrix-free eigensolves did not converge); `nonfinite` (NaN or inf in Θ's spectra or
+        the channel factors). The split is exact whatever the result.
+    - `residual_tol`, `gap_tol`: the thresholds used for the flags.
+
+    Every field of the flat result of earlier versions is still readable under its old name
+    (`split.energy_fraction`, `split.critical_eigenvalue`, `split.restricted`, ...), as a
+    property forwarding to the group that holds it.
+    """
+
+    split: ChannelSplit
+    mode: CriticalMode
+    diagnostics: ChannelDiagnostics
+    result: RESULTS
     residual_tol: float = eqx.field(static=True)
     gap_tol: float = eqx.field(static=True)
 
+    bifurcation = _alias("split", "bifurcation")
+    residual = _alias("split", "residual")
+    sntk = _alias("split", "sntk")
+    restricted = _alias("split", "restricted")
+    basis = _alias("split", "basis")
+    rank = _alias("split", "rank")
+    energy_fraction = _alias("split", "energy_fraction")
+    channel_eigenvalues = _alias("split", "channel_eigenvalues")
+    channel_eigenvector = _alias("split", "channel_eigenvector")
+    top_eigenvalue = _alias("split", "top_eigenvalue")
+    residual_top_eigenvalue = _alias("split", "residual_top_eigenvalue")
+    amplification = _alias("split", "amplification")
+    state = _alias("mode", "state")
+    fixed_point_residual = _alias("mode", "fixed_point_residual")
+    critical_eigenvalue = _alias("mode", "eigenvalue")
+    right_eigenvector = _alias("mode", "right_eigenvector")
+    left_eigenvector = _alias("mode", "left_eigenvector")
+    gap_ratio = _alias("mode", "gap_ratio")
+    forcing_direction = _alias("mode", "forcing_direction")
+    eigenvalue_direction = _alias("mode", "eigenvalue_direction")
+    top_eigenvector = _alias("diagnostics", "top_eigenvector")
+    effective_rank = _alias("diagnostics", "effective_rank")
+    alignment = _alias("diagnostics", "alignment")
+    subspace_alignment = _alias("diagnostics", "subspace_alignment")
+    dominant_direction = _alias("diagnostics", "dominant_direction")
+    dominant_overlap = _alias("diagnostics", "dominant_overlap")
+    profile_computed = _alias("diagnostics", "profile_computed")
+    profile_predicted = _alias("diagnostics", "profile_predicted")
+    profile_error = _alias("diagnostics", "profile_error")
+    residual_too_large = _alias("diagnostics", "residual_too_large")
+    far_from_critical = _alias("diagnostics", "far_from_critical")
+
+    @property
+    def successful(self) -> Bool[Array, "..."]:
+        """`result == RESULTS.successful` (an array; batched under `vmap`)."""
+        return self.result == RESULTS.successful
+
     @property
     def warnings(self) -> tuple[str, ...]:
-        """Why the split may not mean what its name says (host-side; call outside `jit`)."""
+        """Why the split may not mean what its name says: the result's failure and the
+        diagnostics' flags, as human-readable strings (host-side, for an unbatched result; call
+        outside `jit`). Empty when the interpretation as "the bifurcation channel" is justified;
+        the split itself is always exact."""
         out = []
-        if bool(self.residual_too_large):
+        if bool(self.diagnostics.residual_too_large) or self.result == RESULTS.no_fixed_point:
             out.append(
                 f"critical point is not a fixed point of the model: ‖f(x*)‖ = "
-                f"{float(self.fixed_point_residual):.3g} > residual_tol = {self.residual_tol:.3g}. "
-                "The channel directions are those of the linearisation at this state, which is not "
-                "an equilibrium; pass a converged fixed point (ds.find_fixed_points)."
+                f"{float(self.mode.fixed_point_residual):.3g} (residual_tol = "
+                f"{self.residual_tol:.3g}). The channel directions are those of the "
+                "linearisation at this state, which is not an equilibrium; pass a converged "
+                "fixed point (ds.find_fixed_points)."
             )
-        if bool(self.far_from_critical):
-            lam = complex(self.critical_eigenvalue)
+        elif not bool(self.successful):
+            out.append(RESULTS[self.result])
+        if bool(self.diagnostics.far_from_critical):
+            lam = complex(self.mode.eigenvalue)
             out.append(
                 f"leading eigenvalue λ_c = {lam.real:.3g}{lam.imag:+.3g}i is far from the "
                 "imaginary axis relative to the rest of the spectrum: "
-                f"|Re λ_c| / min|Re λ_other| = {float(self.gap_ratio):.3g} > gap_tol = "
+                f"|Re λ_c| / min|Re λ_other| = {float(self.mode.gap_ratio):.3g} > gap_tol = "
                 f"{self.gap_tol:.3g}. The split is exact, "
                 "but Θ need not be dominated by the bifurcation channel here."
             )
@@ -152,14 +289,12 @@ class BifurcationChannels(eqx.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Small pytree helpers (parameter pytrees carry None at non-parameter leaves).
+# Operators: Θ, Θ_res and low-rank pieces, all from one J.
 
 
 def _stack_dot(stack: PyTree, tree: PyTree) -> Array:
-    """⟨stack[j], tree⟩ for every j of a leading-axis stack."""
-    parts = jtu.tree_map(
-        lambda s, t: jnp.tensordot(s, t, axes=t.ndim), stack, tree
-    )
+    """⟨stack[j], tree⟩ for every j of a leading-axis stack (pytrees with None leaves)."""
+    parts = jtu.tree_map(lambda s, t: jnp.tensordot(s, t, axes=t.ndim), stack, tree)
     return sum(jtu.tree_leaves(parts))
 
 
@@ -167,37 +302,47 @@ def _stack_combine(stack: PyTree, coeffs: Array) -> PyTree:
     return jtu.tree_map(lambda s: jnp.tensordot(coeffs, s, axes=1), stack)
 
 
+def _gram_mv(J, basis, vector):
+    # J (I − Π_U) Jᵀ v, or J Jᵀ v without a basis.
+    g = J.transpose().mv(vector)
+    if basis is not None:
+        g = jtu.tree_map(lambda a, b: a - b, g, _stack_combine(basis, _stack_dot(basis, g)))
+    return J.mv(g)
+
+
+def _gram_operator(J: PairedLinearOperator, basis=None) -> PairedLinearOperator:
+    fn = eqx.Partial(_gram_mv, J, basis)
+    struct = J.out_structure()
+    return PairedLinearOperator(fn, fn, struct, struct, _PSD)
+
+
 def _lowrank_mv(factors, vector):
-    # factors: (r, *out); Θ_bif v = Σ_j f_j ⟨f_j, v⟩.
+    # Σ_j f_j ⟨f_j, v⟩ for factors of shape (r, *out).
     return jnp.tensordot(jnp.tensordot(factors, vector, axes=vector.ndim), factors, axes=1)
-
-
-def _residual_mv(params, static, problem, space, basis, vector):
-    g = _vjp(params, static, problem, space, vector)
-    g = jtu.tree_map(lambda a, b: a - b, g, _stack_combine(basis, _stack_dot(basis, g)))
-    return _jvp(params, static, problem, space, g)
 
 
 def _lowrank_operator(factors, struct) -> PairedLinearOperator:
     fn = eqx.Partial(_lowrank_mv, factors)
-    return PairedLinearOperator(
-        fn, fn, struct, struct, (lx.symmetric_tag, lx.positive_semidefinite_tag)
-    )
+    return PairedLinearOperator(fn, fn, struct, struct, _PSD)
 
 
 # ---------------------------------------------------------------------------------------------
-# The critical mode and its parameter directions.
+# The point, the critical mode and its parameter directions.
 
 
 def _critical_state(critical, n: int, dtype):
-    """(x*, target eigenvalue or None) from the accepted kinds of `critical`."""
+    """(x*, target eigenvalue or None, found) from the accepted kinds of `critical`; `found` is
+    false for a `FixedPoints` without a converged entry."""
     if isinstance(critical, Bifurcation):
-        return jnp.asarray(critical.state, dtype), critical.eigenvalues[0]
+        return jnp.asarray(critical.state, dtype), critical.eigenvalues[0], jnp.array(True)
     if isinstance(critical, FixedPoints):
-        if critical.states.ndim != 2:
-            raise ValueError("`critical` (FixedPoints) must hold states of shape (points, state).")
-        idx = jnp.argmax(critical.converged)
-        return jnp.asarray(critical.states[idx], dtype), None
+        if critical.states.ndim != 2 or critical.states.shape[-1] != n:
+            raise ValueError(
+                f"`critical` (FixedPoints) must hold states of shape (points, {n}), got "
+                f"{critical.states.shape}."
+            )
+        converged = jnp.asarray(critical.converged)
+        return jnp.asarray(critical.states[jnp.argmax(converged)], dtype), None, jnp.any(converged)
     if isinstance(critical, (jax.Array, list, tuple, float, int)) or hasattr(critical, "__array__"):
         x = jnp.asarray(critical)
         if x.shape != (n,):
@@ -205,7 +350,7 @@ def _critical_state(critical, n: int, dtype):
                 f"`critical` as a state must have shape ({n},) (the problem's state size), got "
                 f"{x.shape}."
             )
-        return x.astype(dtype), None
+        return error_if_nonfinite(x.astype(dtype), "critical"), None, jnp.array(True)
     raise TypeError(
         "`critical` must be a `ds.Bifurcation`, a `ds.FixedPoints` result or a state array of "
         f"shape (state,), got {type(critical).__name__}."
@@ -213,26 +358,23 @@ def _critical_state(critical, n: int, dtype):
 
 
 def _mode(A, target):
-    """Index-0 mode (largest real part) or the one nearest `target`, gauge-fixed."""
+    """λ_c, v, w (gauge-fixed, wᵀv = 1), is_complex and the gap ratio of the index-0 mode
+    (largest real part) or of the one nearest `target`."""
     spec = spectrum_of_matrix(A)
     vals = spec.eigenvalues
-    if target is None:
-        i = 0
-    else:
-        i = jnp.argmin(jnp.abs(vals - jnp.asarray(target, vals.dtype)))
+    i = 0 if target is None else jnp.argmin(jnp.abs(vals - jnp.asarray(target, vals.dtype)))
     lam = vals[i]
     v = spec.right_eigenvectors[:, i]
     w = spec.left_eigenvectors[:, i]
-    # Gauge: largest entry of v real positive (keeps wᵀv = 1; makes real modes real).
-    k = jnp.argmax(jnp.abs(v))
-    phase = v[k] / jnp.abs(v[k])
-    v, w = v / phase, w * phase
-    v_norm = jnp.linalg.norm(v)
-    v, w = v / v_norm, w * v_norm
+    # v ↦ c v with |c| = 1 (largest entry real positive, so real modes are real); w ↦ w / c
+    # keeps wᵀv = 1.
+    v_fixed = gauge_fix(v)
+    c = jnp.vdot(v, v_fixed) / jnp.vdot(v, v)
+    v_norm = jnp.linalg.norm(v_fixed)
+    v, w = v_fixed / v_norm, w / c * v_norm
+    real = real_mask(vals)
+    is_complex = ~real[i]
     # Non-critical modes: all but λ_c and (for a complex pair) its conjugate.
-    scale = jnp.maximum(1.0, jnp.max(jnp.abs(vals)))
-    eps = jnp.finfo(A.dtype).eps
-    is_complex = jnp.abs(lam.imag) > 1e3 * eps * scale
     n = vals.shape[0]
     others = jnp.ones((n,), bool).at[i].set(False)
     conj = jnp.argmin(jnp.where(others, jnp.abs(vals - jnp.conj(lam)), jnp.inf))
@@ -242,8 +384,8 @@ def _mode(A, target):
     return lam, v, w, is_complex, gap
 
 
-def _directions(f, x, flat, lam, v, w):
-    """g_f and g_λ (flat, real and imaginary parts) for f(x, flat_params)."""
+def _directions(f, x, flat, v, w):
+    """Re g_f, Im g_f, ∇Re λ_c, ∇Im λ_c (flat) for f(x, flat_params), x held at x*."""
     _, pull = jax.vjp(lambda p: f(x, p), flat)
     gf_re, gf_im = pull(w.real)[0], pull(w.imag)[0]
 
@@ -289,22 +431,119 @@ def _profile(problem, lam, v, is_complex, c):
     return jnp.broadcast_to(shape, (problem.batch_size,) + shape.shape)
 
 
-def _gram_eigen(factors):
-    """Eigen-decomposition of Σ_j f_j f_jᵀ from the (r, n) factors: values and top vector."""
-    gram = factors @ factors.T
-    vals, vecs = jnp.linalg.eigh(gram)
-    vals, vecs = vals[::-1], vecs[:, ::-1]
-    top = factors.T @ vecs[:, 0]
-    top = top / jnp.maximum(jnp.linalg.norm(top), jnp.finfo(factors.dtype).tiny)
-    return jnp.maximum(vals, 0.0), top, vecs
+# ---------------------------------------------------------------------------------------------
+# Θ's spectral summary: dense (exact, by SVD of J) or matrix-free (Lanczos and trace estimators).
+
+
+class _Spectra(NamedTuple):
+    factors: Array  # J [U; ĝ_f], (5, n_out) flat
+    top_value: Array  # λ_max(Θ)
+    top_vector: Array  # v1, flat
+    dominant: Array  # u1, flat parameters, unit norm
+    trace: Array  # tr Θ
+    effective_rank: Array
+    residual_top: Array  # λ_max(Θ_res)
+    converged: Array
+
+
+def _dense_spectra(J, tangents, U) -> _Spectra:
+    Jm = J.as_matrix()  # (n_out, P): one tangent pass per parameter
+    cols = (Jm @ tangents.T).T
+    W, s, Vt = jnp.linalg.svd(Jm, full_matrices=False)
+    J_perp = Jm - cols[:4].T @ U
+    sq = s**2
+    return _Spectra(
+        factors=cols, top_value=sq[0], top_vector=W[:, 0], dominant=Vt[0], trace=jnp.sum(sq),
+        effective_rank=participation_ratio(sq), residual_top=jnp.linalg.norm(J_perp, ord=2) ** 2,
+        converged=jnp.array(True),
+    )
+
+
+def _matfree_spectra(J, theta, residual, tangents, unravel, key) -> _Spectra:
+    cols = jax.vmap(lambda t: J.mv(unravel(t)))(tangents).reshape(tangents.shape[0], -1)
+    k1, k2, k3, k4 = jr.split(key, 4)
+    pairs = top_eigenpairs(theta, 1, key=k1)
+    res_pairs = top_eigenpairs(residual, 1, key=k4)
+    u1 = jfu.ravel_pytree(J.transpose().mv(pairs.vectors[0]))[0]
+    u1_norm = jnp.linalg.norm(u1)
+    return _Spectra(
+        factors=cols, top_value=pairs.values[0], top_vector=pairs.vectors[0].reshape(-1),
+        dominant=u1 / jnp.where(u1_norm > 0, u1_norm, 1.0), trace=trace(theta, key=k2).estimate,
+        effective_rank=effective_rank(theta, key=k3).estimate,
+        residual_top=res_pairs.values[0],
+        converged=jnp.all(pairs.converged) & jnp.all(res_pairs.converged),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Assembling the result groups.
+
+
+def _channel_eigen(factors):
+    """Eigenvalues (descending, ≥ 0) and top eigenvector of Σ_j f_j f_jᵀ from (r, n) factors."""
+    vals, vecs = jnp.linalg.eigh(factors @ factors.T)
+    top = factors.T @ vecs[:, -1]
+    top_norm = jnp.linalg.norm(top)
+    return jnp.maximum(vals[::-1], 0.0), top / jnp.where(top_norm > 0, top_norm, 1.0)
 
 
 def _range_projection_norm(factors, vector, rank_tol):
     """‖Π_range(factorsᵀ) vector‖ via an SVD of the factors."""
     _, s, vt = jnp.linalg.svd(factors, full_matrices=False)
-    keep = s > rank_tol * jnp.maximum(s[0], jnp.finfo(factors.dtype).tiny)
-    coeffs = jnp.where(keep, vt @ vector, 0.0)
-    return jnp.linalg.norm(coeffs)
+    keep = s > rank_tol * s[0]
+    return jnp.linalg.norm(jnp.where(keep, vt @ vector, 0.0))
+
+
+def _make_split(spectra, J, theta, residual, U, rank, to_tree, shape) -> ChannelSplit:
+    JU = spectra.factors[:4]
+    chan_vals, chan_vec = _channel_eigen(JU)
+    tr_bif = jnp.sum(JU**2)
+    res_top = spectra.residual_top
+    # (J u1)(J u1)ᵀ = λ1 v1 v1ᵀ, since J u1 = σ1 v1.
+    Ju1 = jnp.sqrt(jnp.maximum(spectra.top_value, 0.0)) * spectra.top_vector
+    struct = J.out_structure()
+    return ChannelSplit(
+        bifurcation=_lowrank_operator(JU.reshape((4,) + shape), struct),
+        residual=residual,
+        sntk=theta,
+        restricted=_lowrank_operator(Ju1.reshape((1,) + shape), struct),
+        basis=to_tree(U),
+        rank=rank,
+        factors=JU.reshape((4,) + shape),
+        trace=spectra.trace,
+        channel_trace=tr_bif,
+        energy_fraction=tr_bif / spectra.trace,
+        channel_eigenvalues=chan_vals,
+        channel_eigenvector=chan_vec.reshape(shape),
+        top_eigenvalue=spectra.top_value,
+        residual_top_eigenvalue=res_top,
+        amplification=jnp.where(res_top > 0, chan_vals[0] / jnp.where(res_top > 0, res_top, 1.0),
+                                jnp.inf),
+    )
+
+
+def _make_diagnostics(spectra, U, chan_vec, predicted, rank_tol, resid, gap, residual_tol,
+                      gap_tol, to_tree, shape, forcing_norm) -> ChannelDiagnostics:
+    JU, computed = spectra.factors[:4], spectra.factors[4]
+    v1, u1 = spectra.top_vector, spectra.dominant
+    pred = predicted.reshape(-1)
+    profile_error = jnp.where(
+        forcing_norm > 0, jnp.linalg.norm(computed - pred) / jnp.linalg.norm(computed), jnp.nan
+    )
+    return ChannelDiagnostics(
+        top_eigenvector=v1.reshape(shape),
+        effective_rank=spectra.effective_rank,
+        alignment=jnp.abs(v1 @ chan_vec.reshape(-1)),
+        subspace_alignment=_range_projection_norm(JU, v1, rank_tol),
+        dominant_direction=to_tree(u1[None]),
+        dominant_overlap=jnp.linalg.norm(U @ u1),
+        profile_computed=computed.reshape(shape),
+        profile_predicted=predicted,
+        profile_error=profile_error,
+        residual_too_large=resid > residual_tol,
+        far_from_critical=gap > gap_tol,
+        eigensolver_converged=spectra.converged,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,11 +558,14 @@ def bifurcation_channels(
     input: Any = _FROM_PROBLEM,
     directions: Literal["auto", "forcing", "eigenvalue", "both"] = "auto",
     method: Literal["auto", "dense", "matfree"] = "auto",
+    operator_method: Literal["auto", "replay", "solve"] = "auto",
+    num_steps: int | None = None,
     residual_tol: float | None = None,
     gap_tol: float = 0.5,
     rank_tol: float | None = None,
     filter_spec: Any = eqx.is_inexact_array,
     key: PRNGKeyArray | None = None,
+    throw: bool = False,
 ) -> BifurcationChannels:
     r"""Split the sNTK into the bifurcation channel and a residual: Θ = Θ_bif + Θ_res.
 
@@ -339,33 +581,41 @@ def bifurcation_channels(
 
     The vector field at a state is `model(problem.t0, x, u0)` with `u0` the input of trial 0
     at `problem.t0` (`None` without inputs); pass `input=` to freeze another input, or
-    `vector_field(x, model) -> dx/dt` to replace it entirely.
+    `vector_field(x, model) -> dx/dt` to replace it entirely. Any `eqx.Module` model works,
+    including ones with non-array leaves (e.g. an `eqx.nn.MLP` with a jitted activation).
 
     Jittable with `eqx.filter_jit` (pass the model as an argument so that different parameter
-    values share one compilation); `warnings` is then read from the returned result.
+    values share one compilation) and vmappable with `eqx.filter_vmap` over points or
+    parameters; `warnings` is then read from the returned (unbatched) result.
 
     **Arguments:**
 
     - `model`: the model (`model(t, x, u) -> dx/dt`).
     - `problem`: a `TrajectoryProblem` (state space; the split concerns Θ = J Jᵀ of the states).
     - `critical`: a `ds.Bifurcation` (its `state`; the model's eigenvalue nearest the recorded
-        critical one is used), a `ds.FixedPoints` result (its first converged entry) or a state
-        `(N,)`; for the last two the leading mode (largest real part; for a complex pair the one
-        with positive imaginary part) is used.
+        critical one is used), a `ds.FixedPoints` result (its first converged entry; without
+        one, entry 0 with `result = RESULTS.no_fixed_point`) or a state `(N,)`; for the last two
+        the leading mode (largest real part; for a complex pair the one with positive imaginary
+        part) is used.
     - `vector_field`: optional `vector_field(x, model) -> dx/dt`.
     - `input`: the frozen input `u` for the default vector field.
     - `directions`: `"auto"` (default): g_f and g_λ for a real λ_c, (∇Re λ_c, ∇Im λ_c) for a
         complex pair (the Hopf case: growth rate and frequency); `"forcing"`: Re/Im g_f;
         `"eigenvalue"`: Re/Im g_λ; `"both"`: all four.
-    - `method`: `"dense"` materialises J by forward-mode solves (one per parameter) and computes
+    - `method`: `"dense"` materialises J by forward-mode passes (one per parameter) and computes
         every diagnostic exactly by SVD; `"matfree"` uses `ds.top_eigenpairs`, `ds.trace` and
         `ds.effective_rank` on the operators; `"auto"`: dense for ≤ 512 parameters and
         ≤ 4·10⁶ entries of J.
-    - `residual_tol`: flag `residual_too_large` when ‖f(x*)‖ exceeds it (default √eps).
+    - `operator_method`, `num_steps`: how J (and so Θ, Θ_res) is applied, as `method` and
+        `num_steps` of [`ds.jacobian_operator`][diffrax_sntk.jacobian_operator] (`"auto"`: replay
+        outside `jit` where the solver allows it, else fresh solves).
+    - `residual_tol`: `no_fixed_point` when ‖f(x*)‖ exceeds it (default √eps).
     - `gap_tol`: flag `far_from_critical` when `gap_ratio` exceeds it (default 0.5).
     - `rank_tol`: relative tolerance under which a direction counts as dependent (default √eps).
     - `filter_spec`: which model leaves are parameters (default inexact arrays).
     - `key`: PRNG key for the matrix-free estimators (default `PRNGKey(0)`).
+    - `throw`: raise (with `eqx.error_if`, so also under `jit`) when `result` is not
+        successful, instead of returning the result code.
 
     **Returns:**
 
@@ -375,166 +625,93 @@ def bifurcation_channels(
         raise ValueError(f"`directions` must be one of {_DIRECTIONS}, got {directions!r}.")
     if method not in _METHODS:
         raise ValueError(f"`method` must be one of {_METHODS}, got {method!r}.")
-    if vector_field is not None and not callable(vector_field):
-        raise TypeError("`vector_field` must be callable as `vector_field(x, model)`.")
+    if vector_field is not None:
+        check_callable(vector_field, "vector_field", "vector_field(x, model)")
     if not gap_tol > 0:
         raise ValueError(f"`gap_tol` must be positive, got {gap_tol!r}.")
-    params, static, out_struct = _prepare(model, problem, "state", filter_spec)
+    if not isinstance(problem, TrajectoryProblem):
+        raise TypeError(
+            f"`problem` must be a `diffrax_sntk.TrajectoryProblem`, got {type(problem).__name__}."
+        )
     dtype = problem.dtype
+    x_star, target, found = _critical_state(critical, problem.state_size, dtype)
+    J = jacobian_operator(
+        model, problem, filter_spec=filter_spec, method=operator_method, num_steps=num_steps
+    )
     eps = float(jnp.finfo(dtype).eps)
     residual_tol = eps**0.5 if residual_tol is None else float(residual_tol)
     rank_tol = eps**0.5 if rank_tol is None else float(rank_tol)
-    if not residual_tol > 0 or not rank_tol > 0:
-        raise ValueError("`residual_tol` and `rank_tol` must be positive.")
+    if not residual_tol > 0:
+        raise ValueError(f"`residual_tol` must be positive, got {residual_tol!r}.")
+    if not rank_tol > 0:
+        raise ValueError(f"`rank_tol` must be positive, got {rank_tol!r}.")
     key = jr.PRNGKey(0) if key is None else key
 
+    params, static = eqx.partition(model, filter_spec)
     flat, unravel = jfu.ravel_pytree(params)
-    num_params = flat.size
     n_out = problem.batch_size * problem.num_times * problem.state_size
     if method == "auto":
-        method = "dense" if num_params <= 512 and num_params * n_out <= 4_000_000 else "matfree"
-
+        method = "dense" if flat.size <= 512 and flat.size * n_out <= 4_000_000 else "matfree"
     if vector_field is None:
-        if input is _FROM_PROBLEM:
-            u0 = problem.input_at(problem.t0, problem.per_trial_inputs()[0])
-        else:
-            u0 = input
+        u0 = (problem.input_at(problem.t0, problem.per_trial_inputs()[0])
+              if input is _FROM_PROBLEM else input)
         vf = lambda x, m: m(problem.t0, x, u0)
     else:
         vf = vector_field
+    check_vector_field(vf, x_star, model, "vector_field")
 
     def f(x, p):
         return vf(x, eqx.combine(unravel(p), static))
 
-    x_star, target = _critical_state(critical, problem.state_size, dtype)
-    fx = f(x_star, flat)
-    if fx.shape != x_star.shape:
-        raise ValueError(
-            f"The vector field must return dx/dt of shape {x_star.shape}, got {fx.shape}."
-        )
-    resid = jnp.linalg.norm(fx)
-    A = jax.jacfwd(f)(x_star, flat)
-    lam, v, w, is_complex, gap = _mode(A, target)
-    gf_re, gf_im, gl_re, gl_im = _directions(f, x_star, flat, lam, v, w)
-
-    cands = jnp.stack([gf_re, gl_re, gl_im, gf_im])
-    real_mask = {
-        "auto": (True, True, False, False), "forcing": (True, False, False, True),
-        "eigenvalue": (False, True, True, False), "both": (True, True, True, True),
-    }[directions]
-    cplx_mask = (False, True, True, False) if directions == "auto" else real_mask
-    mask = jnp.where(is_complex, jnp.array(cplx_mask), jnp.array(real_mask))
-    U, rank = _orthonormal_basis(cands, mask, rank_tol)
-
-    J = PairedLinearOperator(
-        eqx.Partial(_jvp, params, static, problem, "state"),
-        eqx.Partial(_vjp, params, static, problem, "state"),
-        params,
-        out_struct,
-    )
+    # The critical mode and the channel basis.
+    resid = jnp.linalg.norm(f(x_star, flat))
+    lam, v, w, is_complex, gap = _mode(jax.jacfwd(f)(x_star, flat), target)
+    gf_re, gf_im, gl_re, gl_im = _directions(f, x_star, flat, v, w)
+    real_dirs = _REAL_MASKS[directions]
+    cplx_dirs = (False, True, True, False) if directions == "auto" else real_dirs
+    mask = jnp.where(is_complex, jnp.array(cplx_dirs), jnp.array(real_dirs))
+    U, rank = _orthonormal_basis(jnp.stack([gf_re, gl_re, gl_im, gf_im]), mask, rank_tol)
     gf_norm = jnp.linalg.norm(gf_re)
     g_hat = gf_re / jnp.where(gf_norm > 0, gf_norm, 1.0)
-    tangents = jnp.concatenate([U, g_hat[None]], axis=0)  # (5, P)
+    tangents = jnp.concatenate([U, g_hat[None]], axis=0)  # (5, P): the basis and ĝ_f
 
-    if method == "dense":
-        Jm = J.as_matrix()  # (n_out, P), forward-mode solves only
-        JU_flat = (Jm @ tangents.T).T  # (5, n_out)
-        JU, Jg = JU_flat[:4], JU_flat[4]
-        W_, s, Vt = jnp.linalg.svd(Jm, full_matrices=False)
-        top_val = s[0] ** 2
-        v1 = W_[:, 0]
-        u1 = Vt[0]
-        tr = jnp.sum(s**2)
-        eff_rank = tr**2 / jnp.sum(s**4)
-        J_perp = Jm - JU.T @ U
-        res_top = jnp.linalg.norm(J_perp, ord=2) ** 2 if J_perp.size else jnp.array(0.0, dtype)
-    else:
-        cols = jax.vmap(lambda t: J.mv(unravel(t)))(tangents)
-        JU_flat = cols.reshape(5, -1)
-        JU, Jg = JU_flat[:4], JU_flat[4]
-        k1, k2, k3, k4 = jr.split(key, 4)
-        theta_op = _theta(params, static, problem, out_struct)
-        pairs = top_eigenpairs(theta_op, 1, key=k1)
-        top_val = pairs.values[0]
-        v1 = pairs.vectors[0].reshape(-1)
-        u1_tree = J.transpose().mv(pairs.vectors[0])
-        u1 = jfu.ravel_pytree(u1_tree)[0]
-        u1 = u1 / jnp.maximum(jnp.linalg.norm(u1), jnp.finfo(dtype).tiny)
-        tr = trace(theta_op, key=k2).estimate
-        eff_rank = effective_rank(theta_op, key=k3).estimate
-        res_op = _residual_operator(params, static, problem, out_struct, unravel, U)
-        res_top = top_eigenpairs(res_op, 1, key=k4).values[0]
-
-    shape = out_struct.shape
-    chan_vals, chan_vec, _ = _gram_eigen(JU)
-    tr_bif = jnp.sum(JU**2)
-    tiny = jnp.finfo(dtype).tiny
-    fraction = tr_bif / jnp.maximum(tr, tiny)
-    amplification = jnp.where(res_top > 0, chan_vals[0] / jnp.where(res_top > 0, res_top, 1.0),
-                              jnp.inf)
-    alignment = jnp.abs(v1 @ chan_vec)
-    sub_alignment = _range_projection_norm(JU, v1, rank_tol)
-    dom_overlap = jnp.linalg.norm(U @ u1)
-    # Restricted sNTK (J u1)(J u1)ᵀ = λ1 v1 v1ᵀ (J u1 = σ1 v1).
-    Ju1 = (jnp.sqrt(jnp.maximum(top_val, 0.0)) * v1).reshape(shape)
-    restricted = _lowrank_operator(Ju1[None], out_struct)
-
-    # Normal-form time profile of the forcing direction.
-    c = w @ jax.jvp(lambda p: f(x_star, p), (flat,), (g_hat.astype(flat.dtype),))[1]
-    predicted = _profile(problem, lam, v, is_complex, c)
-    computed = Jg.reshape(shape)
-    profile_error = jnp.linalg.norm(computed - predicted) / jnp.maximum(
-        jnp.linalg.norm(computed), tiny
-    )
-
+    # Θ's spectra, by the chosen path.
     to_tree = jax.vmap(unravel)
-    return BifurcationChannels(
-        bifurcation=_lowrank_operator(JU.reshape((4,) + shape), out_struct),
-        residual=_residual_operator(params, static, problem, out_struct, unravel, U),
-        sntk=_theta(params, static, problem, out_struct),
-        basis=to_tree(U),
-        rank=rank,
+    theta = _gram_operator(J)
+    residual = _gram_operator(J, to_tree(U))
+    if method == "dense":
+        spectra = _dense_spectra(J, tangents, U)
+    else:
+        spectra = _matfree_spectra(J, theta, residual, tangents, unravel, key)
+
+    shape = J.out_structure().shape
+    split = _make_split(spectra, J, theta, residual, U, rank, to_tree, shape)
+    c = w @ jax.jvp(lambda p: f(x_star, p), (flat,), (g_hat,))[1]
+    predicted = _profile(problem, lam, v, is_complex, c)
+    diagnostics = _make_diagnostics(
+        spectra, U, split.channel_eigenvector, predicted, rank_tol, resid, gap, residual_tol,
+        gap_tol, to_tree, shape, gf_norm,
+    )
+    mode = CriticalMode(
+        state=x_star, fixed_point_residual=resid, eigenvalue=lam, right_eigenvector=v,
+        left_eigenvector=w, is_complex=is_complex, gap_ratio=gap,
         forcing_direction=to_tree(jnp.stack([gf_re, gf_im])),
         eigenvalue_direction=to_tree(jnp.stack([gl_re, gl_im])),
-        state=x_star,
-        critical_eigenvalue=lam,
-        right_eigenvector=v,
-        left_eigenvector=w,
-        fixed_point_residual=resid,
-        gap_ratio=gap,
-        energy_fraction=fraction,
-        amplification=amplification,
-        top_eigenvalue=top_val,
-        top_eigenvector=v1.reshape(shape),
-        channel_eigenvalues=chan_vals,
-        channel_eigenvector=chan_vec.reshape(shape),
-        residual_top_eigenvalue=res_top,
-        alignment=alignment,
-        subspace_alignment=sub_alignment,
-        dominant_direction=to_tree(u1[None]),
-        dominant_overlap=dom_overlap,
-        restricted=restricted,
-        effective_rank=eff_rank,
-        profile_computed=computed,
-        profile_predicted=predicted,
-        profile_error=profile_error,
-        residual_too_large=resid > residual_tol,
-        far_from_critical=gap > gap_tol,
-        residual_tol=residual_tol,
-        gap_tol=float(gap_tol),
     )
 
-
-def _theta(params, static, problem, out_struct) -> PairedLinearOperator:
-    fn = eqx.Partial(_theta_mv, params, static, problem, "state")
-    return PairedLinearOperator(
-        fn, fn, out_struct, out_struct, (lx.symmetric_tag, lx.positive_semidefinite_tag)
-    )
-
-
-def _residual_operator(params, static, problem, out_struct, unravel, U) -> PairedLinearOperator:
-    basis = jax.vmap(unravel)(U)
-    fn = eqx.Partial(_residual_mv, params, static, problem, "state", basis)
-    return PairedLinearOperator(
-        fn, fn, out_struct, out_struct, (lx.symmetric_tag, lx.positive_semidefinite_tag)
+    finite = jnp.all(jnp.isfinite(jnp.stack([
+        spectra.trace, spectra.top_value, spectra.residual_top, spectra.effective_rank,
+        split.energy_fraction, jnp.abs(lam),
+    ]))) & jnp.all(jnp.isfinite(spectra.factors))
+    result = RESULTS.where(found & (resid <= residual_tol), RESULTS.successful,
+                           RESULTS.no_fixed_point)
+    result = result_where(~spectra.converged, RESULTS.eigensolver_max_restarts, result)
+    result = result_where(~finite, RESULTS.nonfinite, result)
+    if throw:
+        split, mode, diagnostics = result.error_if(
+            (split, mode, diagnostics), result != RESULTS.successful
+        )
+    return BifurcationChannels(
+        split=split, mode=mode, diagnostics=diagnostics, result=result,
+        residual_tol=residual_tol, gap_tol=float(gap_tol),
     )
