@@ -25,14 +25,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.flatten_util as jfu
 import jax.numpy as jnp
+import jax.random as jr
 import jax.tree_util as jtu
 import lineax as lx
 import numpy as np
 import optax
 from jaxtyping import Array, ArrayLike, Float, Int, PyTree
+
+from ._misc import RESULTS, error_if_not
 
 __all__ = [
     "LowRankNaturalGradientState",
@@ -53,12 +57,27 @@ class LowRankNaturalGradientState(NamedTuple):
         The first `rank` columns precondition; all of them warm-start the next refresh.
     - `eigenvalues`: the matching Nyström eigenvalue estimates, shape `(k + oversample,)`.
     - `damping`: the damping δ in use (the fixed number, or the current automatic estimate).
+    - `num_refresh_failures`: how many refreshes so far produced non-finite eigenpairs (int32
+        scalar). Such a refresh keeps the previous basis, eigenvalues and damping; before the
+        first successful refresh that is the random starting basis with zero eigenvalues, i.e.
+        the step is plain (scaled) gradient descent.
+    - `result`: a `ds.RESULTS` item, the outcome of the latest refresh:
+        `RESULTS.successful`, or `RESULTS.refresh_failed` when it produced non-finite
+        eigenpairs (typically a non-finite Jacobian product: check the ODE solve). Also
+        readable as `last_result`.
     """
 
     count: Int[Array, ""]
     basis: Float[Array, "params block"]
     eigenvalues: Float[Array, " block"]
     damping: Float[Array, ""]
+    num_refresh_failures: Int[Array, ""]
+    result: RESULTS
+
+    @property
+    def last_result(self) -> RESULTS:
+        """The outcome of the latest refresh (the `result` field)."""
+        return self.result
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,15 +111,18 @@ def _check_loss_hessian(loss_hessian: Any) -> None:
         return
     if callable(loss_hessian):
         return
-    arr = jnp.asarray(loss_hessian)
-    if arr.shape != ():
+    if jnp.shape(loss_hessian) != ():
         raise ValueError(
             "`loss_hessian` must be None, a non-negative scalar weight, a lineax operator on the "
             f"output space, or a scalar loss function of the outputs; got an array of shape "
-            f"{arr.shape}."
+            f"{jnp.shape(loss_hessian)}."
         )
-    if not isinstance(arr, jax.core.Tracer) and not bool(arr >= 0):
-        raise ValueError(f"`loss_hessian` as a scalar weight must be non-negative, got {arr}.")
+    # A Python number is configuration, checked here; an array weight (possibly traced) is
+    # checked where it is used, with `eqx.error_if` (see `_hessian_mv`).
+    if isinstance(loss_hessian, (int, float, np.number)) and not loss_hessian >= 0:
+        raise ValueError(
+            f"`loss_hessian` as a scalar weight must be non-negative, got {loss_hessian}."
+        )
 
 
 def _check_tree(tree, structure, name: str, what: str) -> None:
@@ -180,6 +202,13 @@ def _precondition(g, U, lam, delta, rank):
     return g - Uk @ ((sk / (sk + delta)) * (Uk.T @ g))
 
 
+@eqx.filter_jit
+def _initial_basis(seed, n: int, m: int, dtype) -> Float[Array, "n m"]:
+    """An orthonormalised Gaussian n × m block (static shape) drawn from `PRNGKey(seed)`."""
+    Q, _ = jnp.linalg.qr(jr.normal(jr.PRNGKey(seed), (n, m), dtype))
+    return Q
+
+
 # ----------------------------------------------------------------------------------------------
 # Loss Hessian in output space
 
@@ -213,7 +242,11 @@ def _hessian_mv(loss_hessian, jacobian, outputs):
             )
         grad = jax.grad(loss_hessian)
         return lambda r: jax.jvp(grad, (outputs,), (r,))[1]
-    weight = jnp.asarray(loss_hessian)
+    weight = error_if_not(
+        jnp.asarray(loss_hessian),
+        jnp.asarray(loss_hessian) >= 0,
+        "`loss_hessian` as a scalar weight must be non-negative (and not NaN).",
+    )
     return lambda r: jtu.tree_map(lambda x: weight.astype(x.dtype) * x, r)
 
 
@@ -264,18 +297,20 @@ def _make(
             raise TypeError(f"`params` must be floating point, got dtype {flat.dtype}.")
         n = int(flat.size)
         m = block_size(n)
-        # A Gaussian start: the first refresh is then one pass of randomised Nyström. Drawn with
-        # numpy (the shape is static, so this also works under `jit`): `jax.random` plus an eager
-        # QR would compile for seconds per parameter count on CPU.
-        rng = np.random.default_rng(seed)
-        Q0, _ = np.linalg.qr(rng.standard_normal((n, m)))
-        Q = jnp.asarray(Q0, flat.dtype)
+        # A Gaussian start: the first refresh is then one pass of randomised Nyström. Drawn
+        # with `jax.random` from the seed (computed, not a constant baked into a compiled
+        # program); one jitted function per (n, m, dtype), so eager `init` compiles once.
+        Q = _initial_basis(jnp.asarray(seed, jnp.uint32), n, m, jnp.dtype(flat.dtype))
         delta = jnp.asarray(1.0 if damping == "auto" else damping, flat.dtype)
         return LowRankNaturalGradientState(
             count=jnp.zeros((), jnp.int32),
             basis=Q,
             eigenvalues=jnp.zeros((m,), flat.dtype),
             damping=delta,
+            num_refresh_failures=jnp.zeros((), jnp.int32),
+            # A jax (not numpy) array inside the item, as `update` returns: otherwise a jitted
+            # step sees two argument types and compiles twice.
+            result=jtu.tree_map(jnp.asarray, RESULTS.successful),
         )
 
     def update_fn(
@@ -322,14 +357,23 @@ def _make(
             Y = _gauss_newton_block(jacobian, hess_mv, unravel, Q)
             lam, U = _nystrom(Q, Y)
             ok = jnp.all(jnp.isfinite(Y)) & jnp.all(jnp.isfinite(lam)) & jnp.all(jnp.isfinite(U))
-            # A failed refresh (non-finite products) keeps the previous eigenpairs.
+            # A failed refresh (non-finite products) keeps the previous eigenpairs, and says
+            # so in `result` and `num_refresh_failures`.
             U = jnp.where(ok, U, s.basis).astype(dtype)
             lam = jnp.where(ok, lam, s.eigenvalues).astype(dtype)
             if damping == "auto":
                 delta = jnp.where(ok, _auto_damping(lam, rank), s.damping).astype(dtype)
             else:
                 delta = s.damping
-            return s._replace(basis=U, eigenvalues=lam, damping=delta)
+            return s._replace(
+                basis=U,
+                eigenvalues=lam,
+                damping=delta,
+                num_refresh_failures=s.num_refresh_failures + jnp.where(ok, 0, 1).astype(
+                    s.num_refresh_failures.dtype
+                ),
+                result=RESULTS.where(ok, RESULTS.successful, RESULTS.refresh_failed),
+            )
 
         state = jax.lax.cond(state.count % refresh_every == 0, refresh, lambda s: s, state)
         p = _precondition(g, state.basis, state.eigenvalues, state.damping, rank)
@@ -422,7 +466,7 @@ def low_rank_natural_gradient(
         `outputs=` passed to `update` is used (Hessian-vector products by forward-over-reverse).
         With `damping="auto"` a constant scale of H_L cancels and does not change the step;
         with a numeric damping it sets the units of δ. Can be overridden per call in `update`.
-    - `seed`: seed of the random initial basis (drawn with numpy at `init`; default 0).
+    - `seed`: seed of the random initial basis (drawn with `jax.random` at `init`; default 0).
 
     **Returns:**
 
@@ -431,6 +475,10 @@ def low_rank_natural_gradient(
     outputs=None)` needs `jacobian`, any lineax operator from the parameters (the structure of
     `grads`) to the outputs, e.g. `ds.jacobian_operator(model, problem)` built at the current
     parameters for the current minibatch (`space="output"` for a readout).
+
+    A refresh that produces non-finite eigenpairs (a NaN or inf in a Jacobian product) keeps the
+    previous ones; it is counted in the state's `num_refresh_failures` and reported in its
+    `result` (`ds.RESULTS.refresh_failed`), never raised.
     """
     if learning_rate is None:
         raise ValueError(

@@ -1,11 +1,11 @@
-"""Tests for the low-rank natural gradient (issue 6).
+"""Tests for the low-rank natural gradient.
 
 Most tests use a dense least-squares problem with a known spectrum (a `lineax.MatrixLinearOperator`
-as J): no ODE solve, so they compile in milliseconds. The diffrax tests share ONE jitted training
+as J): no ODE solve, so they compile quickly. The diffrax tests share ONE jitted training
 step (module-scoped): a scalar bistable model read out in output space, trained on minibatches of
 trials, with a traced flag choosing the SGD or the natural-gradient update, so that SGD, the
-natural gradient and the minibatch/output-space checks all reuse a single compile (~50 s on 2
-cores: the loss gradient, the JVP and the batched VJP of the refresh).
+natural gradient and the minibatch/output-space checks all reuse a single compile (the loss
+gradient, the JVP and the batched VJP of the refresh are the expensive part).
 """
 
 import diffrax as dfx
@@ -21,6 +21,8 @@ import pytest
 
 import diffrax_sntk as ds
 
+from .helpers import raises_check
+
 # ----------------------------------------------------------------------------------------------
 # A least-squares problem with a known spectrum: J = U diag(σ) Vᵀ, G = JᵀJ = V diag(σ²) Vᵀ.
 
@@ -29,7 +31,7 @@ SIGMA = np.array([10.0, 7.0, 5.0, 3.0, 0.1, 0.08, 0.06, 0.05, 0.04, 0.03, 0.02, 
 
 
 def _linear_problem(dtype=jnp.float64):
-    # numpy, not jax.random: eager threefry/QR compiles cost seconds on CPU.
+    # numpy, not jax.random: a fixed test matrix, and no eager threefry/QR compiles.
     rng = np.random.default_rng(1)
     U, _ = np.linalg.qr(rng.standard_normal((NOUT, NOUT)))
     V, _ = np.linalg.qr(rng.standard_normal((NP, NP)))
@@ -245,6 +247,77 @@ def test_bad_input():
         opt.update(g[:5], state, g[:5], jacobian=J)
 
 
+def test_refresh_failure_is_recorded():
+    # A NaN in the Jacobian products makes the refresh fail: the previous eigenpairs are kept
+    # (at the first refresh: the random start with zero eigenvalues, so the step is plain
+    # gradient descent), and the state counts and reports it.
+    Jm, V, g = _linear_problem()
+    J = lx.MatrixLinearOperator(Jm)
+    J_nan = lx.MatrixLinearOperator(Jm.at[0, 0].set(jnp.nan))
+    lr = 0.3
+    opt = ds.low_rank_natural_gradient(lr, rank=4, refresh_every=1, damping=0.5)
+    update = _jit_update(opt)
+    state0 = opt.init(g)
+    assert int(state0.num_refresh_failures) == 0 and state0.result == ds.RESULTS.successful
+    updates, state = update(g, state0, J_nan)
+    assert int(state.num_refresh_failures) == 1
+    assert state.result == ds.RESULTS.refresh_failed
+    assert state.last_result == ds.RESULTS.refresh_failed  # the readable alias
+    np.testing.assert_array_equal(state.basis, state0.basis)
+    np.testing.assert_allclose(updates, -lr * g, rtol=1e-14)
+    # Good refreshes recover; the counter keeps the history.
+    for _ in range(4):
+        updates, state = update(g, state, J)
+    assert int(state.num_refresh_failures) == 1 and state.result == ds.RESULTS.successful
+    np.testing.assert_allclose(updates, -lr * _damped_gn_top_k(V, 4, 0.5, g), atol=1e-9)
+    # A failure after a good refresh keeps the good eigenpairs: the step is unchanged.
+    good = state
+    updates_nan, state = update(g, good, J_nan)
+    assert int(state.num_refresh_failures) == 2 and state.result == ds.RESULTS.refresh_failed
+    np.testing.assert_array_equal(state.basis, good.basis)
+    np.testing.assert_array_equal(state.eigenvalues, good.eigenvalues)
+    np.testing.assert_allclose(updates_nan, updates, rtol=1e-12)
+    assert update._cached._cache_size() == 1  # one compile for every case above
+    # The state with its counters is a pytree that vmaps: a batch of two, one failing.
+    states = jax.tree.map(lambda a, b: jnp.stack([a, b]), state0, state0)
+    Js = jnp.stack([Jm, Jm.at[0, 0].set(jnp.nan)])
+    _, states = jax.vmap(lambda s, m: opt.update(g, s, g, jacobian=lx.MatrixLinearOperator(m)))(
+        states, Js
+    )
+    np.testing.assert_array_equal(states.num_refresh_failures, [0, 1])
+    np.testing.assert_array_equal(
+        states.result == ds.RESULTS.refresh_failed, [False, True]
+    )
+
+
+def test_init_draws_with_jax_random():
+    _, _, g = _linear_problem()
+    opt = ds.scale_by_low_rank_natural_gradient(3, damping=0.5, seed=5)
+    state = opt.init(g)
+    # Orthonormal columns, reproducible from the seed, different for another seed, and the same
+    # under `jit`, where the basis is computed (no n × m constant in the program).
+    Q = np.asarray(state.basis)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(Q.shape[1]), atol=1e-13)
+    np.testing.assert_array_equal(Q, opt.init(g).basis)
+    other = ds.scale_by_low_rank_natural_gradient(3, damping=0.5, seed=6).init(g)
+    assert not np.allclose(Q, other.basis)
+    np.testing.assert_allclose(jax.jit(opt.init)(g).basis, Q, rtol=1e-13, atol=1e-15)
+    consts = jax.make_jaxpr(opt.init)(g).consts
+    assert all(np.size(c) < Q.size for c in consts)
+    with pytest.raises(ValueError, match="`seed`"):
+        ds.low_rank_natural_gradient(0.1, seed=-1)
+
+
+def test_loss_hessian_weight_checked_under_jit():
+    Jm, _, g = _linear_problem()
+    J = lx.MatrixLinearOperator(Jm)
+    opt = ds.scale_by_low_rank_natural_gradient(2, damping=0.5)
+    update = _jit_update(opt)
+    state = opt.init(g)
+    with raises_check("`loss_hessian`.*non-negative"):
+        jax.block_until_ready(update(g, state, J, loss_hessian=jnp.asarray(-1.0)))
+
+
 # ----------------------------------------------------------------------------------------------
 # The stability test: dx/dt = −x + g·tanh(x) + b, read out as y = c·x, fitted to a bistable teacher.
 # The student starts monostable (g = 0.5); learning the teacher means g crossing 1 (a pitchfork,
@@ -323,6 +396,8 @@ def _train(scalar_step, natural, steps, batches):
         model, state, loss = step(model, state, teacher, problem, jnp.asarray(natural))
         losses.append(float(loss))
         gains.append(float(model.args["g"]))
+    if natural:
+        assert int(state.num_refresh_failures) == 0 and state.result == ds.RESULTS.successful
     return np.array(losses), np.array(gains), model
 
 
