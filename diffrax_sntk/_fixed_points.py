@@ -1,5 +1,13 @@
-"""Fixed points: batched multi-start Newton, slow points, deduplication and Jacobian spectra."""
+"""Fixed points: batched multi-start Newton, slow points, deduplication and Jacobian spectra.
 
+Two call forms share one implementation (see `docs/dynamics_signatures.md`):
+
+- `find_fixed_points(vector_field, params, initial_states)` with `vector_field(x, params)`;
+- `find_fixed_points(model, initial_states, inputs=u)` with `model(t, x, u)` at `t = 0`.
+"""
+
+import inspect
+import warnings
 from collections.abc import Callable
 
 import equinox as eqx
@@ -8,103 +16,181 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 import optimistix as optx
-from jaxtyping import Array, ArrayLike, Bool, Complex, Float, Int, PyTree
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree
 
+from ._misc import (
+    RESULTS,
+    Spectrum as Spectrum,
+    check_callable,
+    check_vector_field as check_vector_field,
+    default_tol as default_tol,
+    error_if_nonfinite,
+    result_where,
+    spectrum_of_matrix as spectrum_of_matrix,
+    successful,
+)
 
-def default_tol(dtype) -> float:
-    """Newton tolerance used when none is given: `eps^(2/3)` of the state dtype."""
-    return float(jnp.finfo(dtype).eps) ** (2 / 3)
+# Marks an argument that was not passed, so that `None` stays a valid `params`.
+_MISSING = object()
 
 
 def is_concrete(x) -> bool:
+    """Deprecated: value checks use `eqx.error_if` now and hold under `jit`."""
+    warnings.warn(
+        "`is_concrete` is deprecated: use `_misc.error_if_nonfinite`/`eqx.error_if`",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return not isinstance(x, jax.core.Tracer)
 
 
-def check_params(params: PyTree, name: str = "params") -> None:
-    """Raises `ValueError` on concrete non-finite inexact leaves (traced ones are not checked)."""
-    for leaf in jtu.tree_leaves(params):
-        if isinstance(leaf, (float, complex)) or (
-            eqx.is_array(leaf) and jnp.issubdtype(leaf.dtype, jnp.inexact)
-        ):
-            if is_concrete(leaf) and not bool(np.all(np.isfinite(np.asarray(leaf)))):
-                raise ValueError(f"`{name}` contains non-finite values (NaN or inf)")
+def _scalars_to_arrays(tree: PyTree) -> PyTree:
+    # Python floats are static under `filter_jit` (a recompile per value, and no value check);
+    # as weakly typed arrays they are traced and keep the state's dtype.
+    return jtu.tree_map(
+        lambda leaf: jnp.asarray(leaf) if isinstance(leaf, (float, complex)) else leaf, tree
+    )
 
 
-def check_vector_field(vector_field: Callable, x, params, name: str = "vector_field") -> None:
-    """Raises `TypeError`/`ValueError` unless `vector_field(x, params)` has the shape of `x`."""
-    if not callable(vector_field):
-        raise TypeError(f"`{name}` must be callable as `{name}(x, params)`")
-    out = jax.eval_shape(vector_field, x, params)
-    if not isinstance(out, jax.ShapeDtypeStruct):
-        raise TypeError(f"`{name}` must return a single array, got {type(out).__name__}")
-    if out.shape != x.shape:
-        raise ValueError(
-            f"`{name}` returned shape {out.shape} for a state of shape {x.shape}; "
-            "it must return dx/dt with the shape of x"
+def check_params(params: PyTree, name: str = "params") -> PyTree:
+    """Returns `params` (Python float leaves as arrays) with a check that every inexact leaf is
+    finite: an error naming `name`, eagerly and under `jax.jit`. Thread the return value into
+    the computation, or the check is dropped under `jit`."""
+    return error_if_nonfinite(_scalars_to_arrays(params), name)
+
+
+# ---------------------------------------------------------------------------------------------
+# The two call forms.
+
+
+def _model_vector_field(x, model_and_inputs):
+    """A model `model(t, x, u)` with a constant input, as a `vector_field(x, params)`."""
+    model, inputs = model_and_inputs
+    return model(0.0, x, inputs)
+
+
+def _check_arity(fn, name: str, args: tuple, expected: str, hint: str) -> None:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # No signature to inspect (a C function): the shape check still runs.
+    try:
+        sig.bind(*args)
+    except TypeError as e:
+        raise TypeError(f"`{name}` must be callable as `{expected}` ({e}). {hint}") from None
+
+
+def resolve_dynamics(
+    fn: Callable, params, x: Array, inputs, function: str, x_name: str
+) -> tuple[Callable, PyTree]:
+    """`(vector_field, params)` for either call form; structural checks only.
+
+    `params is _MISSING` selects the model form `fn(t, x, inputs)`; otherwise `fn(x, params)`
+    and `inputs` must be `None`.
+    """
+    if params is _MISSING:
+        check_callable(fn, "model", "model(t, x, u)")
+        _check_arity(
+            fn, "model", (0.0, x, inputs), "model(t, x, u)",
+            f"With two positional arguments `{function}` takes a model `model(t, x, u)`; for "
+            f"a `vector_field(x, params)` pass the parameters: `{function}(vector_field, "
+            f"params, {x_name})`.",
         )
-    if not jnp.issubdtype(out.dtype, jnp.floating):
-        raise TypeError(f"`{name}` must return a real floating array, got dtype {out.dtype}")
+        params = (fn, _scalars_to_arrays(inputs))
+        check_vector_field(_model_vector_field, x, params, name="model")
+        return _model_vector_field, params
+    if inputs is not None:
+        raise TypeError(
+            f"`inputs` is used only with a model: `{function}(model, {x_name}, inputs=u)`; a "
+            f"`vector_field(x, params)` gets everything through `params`."
+        )
+    check_callable(fn, "vector_field", "vector_field(x, params)")
+    hint = (
+        f"If it is a model `model(t, x, u)`, pass it without parameters: `{function}(model, "
+        f"{x_name}, inputs=u)`."
+    )
+    _check_arity(fn, "vector_field", (x, params), "vector_field(x, params)", hint)
+    try:
+        check_vector_field(fn, x, params)
+    except (TypeError, ValueError) as e:
+        kind = TypeError if isinstance(e, TypeError) else ValueError
+        raise kind(f"{e}\n(`vector_field(x, params)` failed. {hint})") from e
+    return fn, _scalars_to_arrays(params)
 
 
-class Spectrum(eqx.Module):
-    """Jacobian `A = ∂f/∂x` at a point and its eigen-decomposition.
-
-    Eigenvalues are sorted by decreasing real part (then decreasing imaginary part). Column `i` of
-    `right_eigenvectors` (unit norm) and of `left_eigenvectors` belong to `eigenvalues[i]`, with
-    the biorthogonal normalisation `wᵢᵀ vⱼ = δᵢⱼ` (no complex conjugation).
-    """
-
-    jacobian: Float[Array, "*batch state state"]
-    eigenvalues: Complex[Array, "*batch state"]
-    right_eigenvectors: Complex[Array, "*batch state state"]
-    left_eigenvectors: Complex[Array, "*batch state state"]
+def _check_values(params, vector_field, x, x_name):
+    # Value checks (they fire under `jit`): name the model and its input separately.
+    if vector_field is _model_vector_field:
+        model, inputs = params
+        params = (error_if_nonfinite(model, "model"), error_if_nonfinite(inputs, "inputs"))
+    else:
+        params = error_if_nonfinite(params, "params")
+    return params, error_if_nonfinite(x, x_name)
 
 
-def spectrum_of_matrix(A: Float[Array, "n n"]) -> Spectrum:
-    """Eigen-decomposition of a real square matrix with biorthonormal left vectors.
+def _as_float(x: ArrayLike, name: str) -> Array:
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        if jnp.issubdtype(x.dtype, jnp.complexfloating):
+            raise TypeError(f"`{name}` must be real, got dtype {x.dtype}")
+        x = x.astype(jnp.result_type(float))
+    return x
 
-    Uses `jnp.linalg.eig` (host/CPU kernel; never differentiated through eigenvectors).
-    """
-    vals, vecs = jnp.linalg.eig(A)
-    order = jnp.lexsort((-vals.imag, -vals.real))
-    vals = vals[order]
-    vecs = vecs[:, order]
-    # Rows of V⁻¹ are the left eigenvectors with wᵢᵀ vⱼ = δᵢⱼ.
-    left = jnp.linalg.solve(vecs, jnp.eye(A.shape[0], dtype=vecs.dtype)).T
-    return Spectrum(jacobian=A, eigenvalues=vals, right_eigenvectors=vecs, left_eigenvectors=left)
+
+# ---------------------------------------------------------------------------------------------
+# Jacobian spectra.
 
 
 def jacobian_spectrum(
-    vector_field: Callable, x: Float[ArrayLike, " state"], params: PyTree
+    vector_field: Callable,
+    x: Float[ArrayLike, " state"],
+    params: PyTree = _MISSING,
+    *,
+    inputs: PyTree = None,
 ) -> Spectrum:
-    """The Jacobian `∂f/∂x` of `vector_field` at `(x, params)` and its eigen-decomposition.
+    """The Jacobian `∂f/∂x` at `(x, params)` and its eigen-decomposition.
+
+    Two call forms: `jacobian_spectrum(vector_field, x, params)` with `vector_field(x, params)`,
+    or `jacobian_spectrum(model, x, inputs=u)` with `model(t, x, u)` evaluated at `t = 0`.
 
     **Arguments:**
 
-    - `vector_field`: `vector_field(x, params) -> dx/dt`.
+    - `vector_field`: `vector_field(x, params) -> dx/dt`, or a model `model(t, x, u)`.
     - `x`: a state of shape `(N,)`.
-    - `params`: a scalar or any pytree.
+    - `params`: a scalar or any pytree (an `eqx.Module` included). Omit it for a model.
+    - `inputs`: the model form's constant input `u` (`None` allowed).
 
     **Returns:**
 
     A `Spectrum` (eigenvalues sorted by decreasing real part; right vectors of unit norm; left
     vectors with `wᵢᵀ vᵢ = 1`). Works under `jax.jit`/`vmap` on CPU (nonsymmetric `eig` runs on
-    the host).
+    the host). A non-finite `x` or parameter raises, also under `jit`.
     """
-    x = jnp.asarray(x)
+    x = _as_float(x, "x")
     if x.ndim != 1:
         raise ValueError(f"`x` must have shape (N,), got {x.shape}")
-    check_vector_field(vector_field, x, params)
+    vector_field, params = resolve_dynamics(
+        vector_field, params, x, inputs, "jacobian_spectrum", "x"
+    )
     return _spectrum_impl(vector_field, x, params)
 
 
 @eqx.filter_jit
 def _spectrum_impl(vector_field, x, params):
+    params, x = _check_values(params, vector_field, x, "x")
     return spectrum_of_matrix(jax.jacfwd(vector_field)(x, params))
 
 
-def newton_root(fn, y0, args, rtol, atol, max_steps):
-    """optimistix Newton with `throw=False`; returns `(y, converged, num_steps)`."""
+# ---------------------------------------------------------------------------------------------
+# Newton.
+
+
+def newton_solve(fn, y0, args, rtol, atol, max_steps):
+    """optimistix Newton with `throw=False`; returns `(y, result, num_steps)`.
+
+    `result` is the optimistix result promoted to `RESULTS`, with `RESULTS.nonfinite` where the
+    solver reported success on a non-finite iterate.
+    """
     sol = optx.root_find(
         fn,
         optx.Newton(rtol=rtol, atol=atol),
@@ -113,9 +199,22 @@ def newton_root(fn, y0, args, rtol, atol, max_steps):
         max_steps=max_steps,
         throw=False,
     )
-    y = sol.value
-    ok = (sol.result == optx.RESULTS.successful) & jnp.all(jnp.isfinite(y))
-    return y, ok, sol.stats["num_steps"]
+    result = result_where(~jnp.all(jnp.isfinite(sol.value)), RESULTS.nonfinite,
+                          RESULTS.promote(sol.result))
+    return sol.value, result, sol.stats["num_steps"]
+
+
+def newton_root(fn, y0, args, rtol, atol, max_steps):
+    """As `newton_solve`, with the result as a boolean: `(y, converged, num_steps)`.
+
+    Kept for callers that only branch on success; prefer `newton_solve`, whose result says why.
+    """
+    y, result, steps = newton_solve(fn, y0, args, rtol, atol, max_steps)
+    return y, successful(result), steps
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-start search.
 
 
 class FixedPoints(eqx.Module):
@@ -126,19 +225,26 @@ class FixedPoints(eqx.Module):
     - `states`: the point reached from each initial state (a fixed point where `converged`, a slow
         point where `slow_point`, else the last iterate).
     - `residuals`: `‖f(x)‖₂` at each point (the "speed" of a slow point).
-    - `converged`: Newton converged to a fixed point (`‖f‖` within tolerance).
+    - `result`: a `RESULTS` item per start: `successful`, or why Newton failed there
+        (`nonlinear_max_steps_reached`, `nonlinear_divergence`, `nonfinite`, ... as reported by
+        optimistix). A slow point keeps Newton's failure code.
     - `slow_point`: Newton failed but a local minimum of `½‖f‖²` was found (Sussillo & Barak).
     - `num_steps`: Newton iterations used.
     - `unique`: first occurrence of each distinct converged fixed point (deduplication).
     - `representative`: index of the unique point each entry coincides with (itself if none).
-    - `spectrum`: the Jacobian and its eigen-decomposition at each point (see `Spectrum`).
+    - `spectrum`: the Jacobian and its eigen-decomposition at each point (see `Spectrum`); for
+        an entry that did not converge it describes the reported state, or the origin where
+        that state is not finite: read it together with `result`.
     - `num_unstable`: number of eigenvalues with positive real part; `stable` ⇔ it is zero and
         the point converged.
+
+    **Properties:** `converged` (`result == RESULTS.successful`), `num_converged`;
+    `messages()` gives the `RESULTS` message per start.
     """
 
     states: Float[Array, "points state"]
     residuals: Float[Array, " points"]
-    converged: Bool[Array, " points"]
+    result: RESULTS
     slow_point: Bool[Array, " points"]
     num_steps: Int[Array, " points"]
     unique: Bool[Array, " points"]
@@ -148,8 +254,18 @@ class FixedPoints(eqx.Module):
     stable: Bool[Array, " points"] | None
 
     @property
+    def converged(self) -> Bool[Array, " points"]:
+        """Newton (or the slow-point search) reached a fixed point, `‖f‖` within tolerance."""
+        return successful(self.result)
+
+    @property
     def num_converged(self) -> Int[Array, ""]:
         return jnp.sum(self.converged)
+
+    def messages(self) -> list[str]:
+        """`RESULTS` message of each start (`""` where it converged; host-side)."""
+        pick = lambda i: jtu.tree_map(lambda a: a[i], self.result)
+        return [RESULTS[pick(i)] for i in range(self.states.shape[0])]
 
     def deduplicated(self) -> "FixedPoints":
         """The distinct converged fixed points only (host-side; not jittable)."""
@@ -159,38 +275,42 @@ class FixedPoints(eqx.Module):
 
 @eqx.filter_jit
 def _find_impl(
-    vector_field, params, initial_states, rtol, atol, max_steps, slow_points, dedupe_tol, spectra
+    vector_field, params, initial_states, rtol, atol, max_steps, slow_points, dedupe_tol, spectra,
+    throw,
 ):
-    fn = lambda x, p: vector_field(x, p)
-    newton = jax.vmap(lambda x0: newton_root(fn, x0, params, rtol, atol, max_steps))
-    xs, ok, steps = newton(initial_states)
-    fx = jax.vmap(lambda x: vector_field(x, params))(xs)
-    resid = jnp.linalg.norm(jnp.where(jnp.isfinite(fx), fx, jnp.inf), axis=-1)
-    ok = ok & jnp.isfinite(resid)
-    slow = jnp.zeros_like(ok)
-    if slow_points:
-        def minimise(x0):
+    params, initial_states = _check_values(params, vector_field, initial_states, "initial_states")
+    n = initial_states.shape[-1]
+
+    def one_start(x0):
+        x, result, steps = newton_solve(vector_field, x0, params, rtol, atol, max_steps)
+        fx = vector_field(x, params)
+        resid = jnp.linalg.norm(jnp.where(jnp.isfinite(fx), fx, jnp.inf))
+        result = result_where(~jnp.isfinite(resid), RESULTS.nonfinite, result)
+        slow = jnp.zeros((), bool)
+        if slow_points:
             sol = optx.minimise(
-                lambda x, p: 0.5 * jnp.sum(vector_field(x, p) ** 2),
+                lambda y, p: 0.5 * jnp.sum(vector_field(y, p) ** 2),
                 optx.BFGS(rtol=rtol, atol=atol),
                 x0,
                 args=params,
                 max_steps=4 * max_steps,
                 throw=False,
             )
-            return sol.value, sol.result == optx.RESULTS.successful
+            xm = sol.value
+            rm = jnp.linalg.norm(vector_field(xm, params))
+            okm = successful(RESULTS.promote(sol.result))
+            okm = okm & jnp.isfinite(rm) & jnp.all(jnp.isfinite(xm))
+            # A minimiser of ½‖f‖² that is in fact a root counts as a fixed point.
+            root = okm & (rm <= atol * jnp.sqrt(n))
+            use_m = ~successful(result) & okm
+            x = jnp.where(use_m, xm, x)
+            resid = jnp.where(use_m, rm, resid)
+            slow = use_m & ~root
+            result = RESULTS.where(use_m & root, RESULTS.successful, result)
+        return x, resid, result, slow, steps
 
-        xm, okm = jax.vmap(minimise)(initial_states)
-        fm = jax.vmap(lambda x: vector_field(x, params))(xm)
-        rm = jnp.linalg.norm(fm, axis=-1)
-        okm = okm & jnp.isfinite(rm) & jnp.all(jnp.isfinite(xm), axis=-1)
-        # A minimiser of ½‖f‖² that is in fact a root counts as a fixed point.
-        root = okm & (rm <= atol * jnp.sqrt(xs.shape[-1]))
-        use_m = ~ok & okm
-        xs = jnp.where(use_m[:, None], xm, xs)
-        resid = jnp.where(use_m, rm, resid)
-        slow = use_m & ~root
-        ok = ok | (use_m & root)
+    xs, resid, result, slow, steps = jax.vmap(one_start)(initial_states)
+    ok = successful(result)
     # Deduplicate (fixed size under jit): i is unique if no earlier converged j lies within tol.
     scale = 1 + jnp.max(jnp.abs(jnp.where(ok[:, None], xs, 0)), axis=-1)
     dist = jnp.max(jnp.abs(xs[:, None, :] - xs[None, :, :]), axis=-1)
@@ -200,6 +320,7 @@ def _find_impl(
     unique = ok & ~jnp.any(close & earlier, axis=-1)
     rep = jnp.where(ok, jnp.argmax(close, axis=-1), jnp.arange(m))
     if spectra:
+        # `eig` of a non-finite matrix is undefined; such entries are failures in `result`.
         safe = jnp.where(jnp.isfinite(xs), xs, 0)
         A = jax.vmap(lambda x: jax.jacfwd(vector_field)(x, params))(safe)
         spec = jax.vmap(spectrum_of_matrix)(A)
@@ -207,10 +328,10 @@ def _find_impl(
         stable = ok & (nu == 0)
     else:
         spec, nu, stable = None, None, None
-    return FixedPoints(
+    out = FixedPoints(
         states=xs,
         residuals=resid,
-        converged=ok,
+        result=result,
         slow_point=slow,
         num_steps=steps,
         unique=unique,
@@ -219,62 +340,81 @@ def _find_impl(
         num_unstable=nu,
         stable=stable,
     )
+    if throw:
+        overall = RESULTS.where(jnp.any(ok), RESULTS.successful, RESULTS.no_fixed_point)
+        out = overall.error_if(out, overall != RESULTS.successful)
+    return out
 
 
 def find_fixed_points(
     vector_field: Callable,
-    params: PyTree,
-    initial_states: Float[ArrayLike, "points state"],
+    params: PyTree = _MISSING,
+    initial_states: Float[ArrayLike, "points state"] = _MISSING,
     *,
+    inputs: PyTree = None,
     rtol: float | None = None,
     atol: float | None = None,
     max_steps: int = 64,
     slow_points: bool = True,
     dedupe_tol: float | None = None,
     spectra: bool = True,
+    throw: bool = False,
 ) -> FixedPoints:
-    """Batched multi-start Newton for the equilibria of `dx/dt = vector_field(x, params)`.
+    """Batched multi-start Newton for the equilibria of `dx/dt = f(x)`.
+
+    Two call forms (the number of arguments decides, never their values):
+
+    - `find_fixed_points(vector_field, params, initial_states)`: `f(x) = vector_field(x, params)`;
+    - `find_fixed_points(model, initial_states, inputs=u)`: `f(x) = model(0.0, x, u)` for a
+        model or a diffrax vector field `model(t, x, u)` with a constant input (or `args`) `u`.
 
     Each initial state (e.g. states sampled along trajectories) starts an optimistix Newton solve;
     where Newton fails, a BFGS minimisation of `½‖f(x)‖²` looks for a slow point instead. Converged
     points are deduplicated and, optionally, their Jacobian spectra computed. Jittable with
-    `eqx.filter_jit` and `vmap`-able over `params`.
+    `jax.jit`/`eqx.filter_jit` and `vmap`-able over `params` (or over the model).
 
     **Arguments:**
 
-    - `vector_field`: `vector_field(x, params) -> dx/dt` with `x` of shape `(N,)`.
-    - `params`: a scalar or any pytree (a model, a training checkpoint).
+    - `vector_field`: `vector_field(x, params) -> dx/dt` with `x` of shape `(N,)`; or a model
+        `model(t, x, u)` (then omit `params`).
+    - `params`: a scalar or any pytree (a model, a training checkpoint, an `eqx.Module` holding
+        functions). Omit it for a model.
     - `initial_states`: `(M, N)` starting guesses.
+    - `inputs`: the model form's constant input `u` (`None` allowed).
     - `rtol`, `atol`: Newton tolerances (default `eps^(2/3)` of the state dtype).
     - `max_steps`: Newton iterations per start (BFGS gets four times as many).
     - `slow_points`: run the `½‖f‖²` minimisation where Newton fails.
     - `dedupe_tol`: two converged points are the same if `‖x - y‖∞ ≤ dedupe_tol·(1 + ‖x‖∞)`
         (default `1e3·atol`).
     - `spectra`: compute Jacobians, eigenvalues and left/right eigenvectors.
+    - `throw`: raise `RESULTS.no_fixed_point`'s message when no start converged (also under
+        `jit`). By default failures are only reported in `result`.
 
     **Returns:**
 
-    A `FixedPoints` with per-start convergence flags (never silently wrong: non-converged
-    entries have `converged = False`); `.deduplicated()` keeps the distinct fixed points.
+    A `FixedPoints` with a `RESULTS` code per start (never silently wrong: non-converged
+    entries have `converged = False` and say why); `.deduplicated()` keeps the distinct fixed
+    points. Non-finite `initial_states` or parameters raise, also under `jit`.
     """
-    initial_states = jnp.asarray(initial_states)
+    if params is _MISSING and initial_states is _MISSING:
+        raise TypeError("`find_fixed_points` needs `initial_states`")
+    if initial_states is _MISSING:
+        # Two positional arguments: the model form.
+        params, initial_states = _MISSING, params
+    initial_states = _as_float(initial_states, "initial_states")
     if initial_states.ndim != 2:
         raise ValueError(
             f"`initial_states` must have shape (M, N), got {initial_states.shape}; "
             "use `x[None]` for a single start"
         )
-    if not jnp.issubdtype(initial_states.dtype, jnp.floating):
-        initial_states = initial_states.astype(jnp.result_type(float))
-    if is_concrete(initial_states) and not np.all(np.isfinite(np.asarray(initial_states))):
-        raise ValueError("`initial_states` contains non-finite values")
-    check_params(params)
-    check_vector_field(vector_field, initial_states[0], params)
-    dtype = initial_states.dtype
-    tol = default_tol(dtype)
+    vector_field, params = resolve_dynamics(
+        vector_field, params, initial_states[0], inputs, "find_fixed_points", "initial_states"
+    )
+    tol = default_tol(initial_states.dtype)
     rtol = tol if rtol is None else rtol
     atol = tol if atol is None else atol
     dedupe_tol = 1e3 * atol if dedupe_tol is None else dedupe_tol
     return _find_impl(
         vector_field, params, initial_states, rtol, atol, max_steps, slow_points, dedupe_tol,
-        spectra,
+        spectra, throw,
     )

@@ -1,12 +1,15 @@
 """Normal-form coefficients of codimension-one bifurcations of equilibria.
 
 All derivatives are taken by JAX (nested `jax.jvp`), never by finite differences. Every
-coefficient is reported together with the convention it is defined in (see `docs/bifurcations.md`).
+coefficient is reported together with the convention it is defined in (see `docs/bifurcations.md`)
+and with a `RESULTS` code: the linear solves' results are propagated, and a point without a
+critical eigenvalue of the requested type reports `RESULTS.not_a_bifurcation`. The kernels are
+jittable and vmappable; only the inference of the kind (`kind=None`) needs concrete values.
 """
 
 import itertools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -14,7 +17,19 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
 import numpy as np
-from jaxtyping import Array, ArrayLike, Complex, Float, PyTree
+from jaxtyping import Array, ArrayLike, Bool, Complex, Float, PyTree
+
+from ._fixed_points import _MISSING, _as_float, _check_values, _model_vector_field, resolve_dynamics
+from ._misc import (
+    RESULTS,
+    default_symmetry_tol as default_symmetry_tol,
+    error_if_nonfinite,
+    gauge_fix,
+    real_mask,
+    result_where,
+    spectrum_of_matrix,
+    successful,
+)
 
 BRANCH_POINT_CONVENTION = (
     "zero eigenvalue of A = df/dx: q unit right null vector (largest-|entry| component positive), "
@@ -39,10 +54,6 @@ HOPF_CONVENTION = (
 # compiled functions (the family is static, `args` is traced).
 
 
-def _is_inexact(leaf) -> bool:
-    return eqx.is_array(leaf) and jnp.issubdtype(leaf.dtype, jnp.inexact)
-
-
 class LineFamily(eqx.Module):
     """`x, s, (base, direction) -> vector_field(x, base + s * direction)` (private helper).
 
@@ -56,7 +67,7 @@ class LineFamily(eqx.Module):
         base, direction = args
 
         def _move(b, d):
-            if _is_inexact(b):
+            if eqx.is_inexact_array(b):
                 return b + jnp.asarray(s, b.dtype) * d
             return b
 
@@ -71,6 +82,12 @@ def make_family(vector_field: Callable, base: PyTree, direction: PyTree | None):
         direction = jtu.tree_map(jnp.zeros_like, dynamic)
     else:
         direction = eqx.filter(direction, eqx.is_array)
+        if jtu.tree_structure(direction) != jtu.tree_structure(dynamic):
+            raise ValueError(
+                "`parameter_direction` must have the structure of the parameters' arrays (for a "
+                "model: of `eqx.filter(model, eqx.is_array)`); got "
+                f"{jtu.tree_structure(direction)}, expected {jtu.tree_structure(dynamic)}"
+            )
     return LineFamily(vector_field, static), (dynamic, direction)
 
 
@@ -108,37 +125,85 @@ def _complex_multilinear(form, fn, x, *vecs):
     return jnp.einsum("k,kn->n", jnp.asarray(coeffs, ctype), terms.astype(ctype))
 
 
+def _solve(matrix, rhs):
+    """`matrix⁻¹ rhs` and the solve's result, promoted to `RESULTS`."""
+    sol = lx.linear_solve(lx.MatrixLinearOperator(matrix), rhs, throw=False)
+    return sol.value, RESULTS.promote(sol.result)
+
+
+def _first_failure(*results):
+    out = results[0]
+    for r in results[1:]:
+        out = RESULTS.where(successful(out), r, out)
+    return out
+
+
+def _all_finite(*values):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in values]))
+
+
+class ZeroEigenvalueTerms(NamedTuple):
+    """Coefficients of the reduced equation at a simple zero eigenvalue, and their result."""
+
+    a: Array
+    b1: Array
+    b2: Array
+    b3: Array
+    result: RESULTS
+
+
+class HopfTerms(NamedTuple):
+    """Frequency, `c1`, transversality `dRe λ/ds` at a Hopf point, and their result."""
+
+    omega: Array
+    c1: Array
+    transversality: Array
+    result: RESULTS
+
+
 @eqx.filter_jit
-def zero_eigenvalue_coefficients(family, args, x, s, q, p):
-    """`(a, b1, b2, b3)` at a simple zero eigenvalue with right/left vectors `q`, `p` (pᵀq = 1)."""
+def zero_eigenvalue_terms(family, args, x, s, q, p) -> ZeroEigenvalueTerms:
+    """`(a, b1, b2, b3, result)` at a simple zero eigenvalue with right/left vectors `q`, `p`
+    (pᵀq = 1). `result` carries the bordered solves' results; non-finite coefficients after
+    successful solves are `RESULTS.singular_linear_solve`."""
     fn = lambda y: family(y, s, args)
     n = x.shape[0]
     A = jax.jacfwd(fn)(x)
     bordered = jnp.block([[A, q[:, None]], [p[None, :], jnp.zeros((1, 1), A.dtype)]])
-    op = lx.MatrixLinearOperator(bordered)
 
     def solve(rhs):
         # [[A, q], [pᵀ, 0]] [h; σ] = [rhs; 0]: h solves A h = rhs - (pᵀ rhs) q with pᵀ h = 0.
         full = jnp.concatenate([rhs, jnp.zeros((1,), rhs.dtype)])
-        return lx.linear_solve(op, full, throw=False).value[:n]
+        h, result = _solve(bordered, full)
+        return h[:n], result
 
     f_mu = jax.jvp(lambda t: family(x, t, args), (s,), (jnp.ones_like(s),))[1]
     a_mu_q = jax.jvp(
         lambda t: jax.jvp(lambda y: family(y, t, args), (x,), (q,))[1], (s,), (jnp.ones_like(s),)
     )[1]
     a = p @ f_mu
-    h_mu = solve(-f_mu)
+    h_mu, r_mu = solve(-f_mu)
     bqq = _b(fn, x, q, q)
     b2 = p @ bqq
-    h2 = solve(-bqq)
+    h2, r_2 = solve(-bqq)
     b1 = p @ (a_mu_q + _b(fn, x, q, h_mu))
     b3 = p @ (_c(fn, x, q, q, q) + 3 * _b(fn, x, q, h2))
-    return a, b1, b2, b3
+    result = _first_failure(r_mu, r_2)
+    result = result_where(~_all_finite(a, b1, b2, b3), RESULTS.singular_linear_solve, result)
+    return ZeroEigenvalueTerms(a, b1, b2, b3, result)
+
+
+def zero_eigenvalue_coefficients(family, args, x, s, q, p):
+    """`(a, b1, b2, b3)` only. Kept for old callers; `zero_eigenvalue_terms` also returns the
+    result of the linear solves, which this drops."""
+    return tuple(zero_eigenvalue_terms(family, args, x, s, q, p)[:4])
 
 
 @eqx.filter_jit
-def hopf_coefficients(family, args, x, s, q, w):
-    """`(omega, c1, dRe λ/ds)` at a Hopf point; `q` right eigenvector of iω, `w` left, wᵀq = 1."""
+def hopf_terms(family, args, x, s, q, w) -> HopfTerms:
+    """`(omega, c1, dRe λ/ds, result)` at a Hopf point; `q` right eigenvector of iω, `w` left,
+    wᵀq = 1. `result` carries the three linear solves' results; non-finite values after
+    successful solves are `RESULTS.singular_linear_solve`."""
     fn = lambda y: family(y, s, args)
     n = x.shape[0]
     A = jax.jacfwd(fn)(x)
@@ -152,10 +217,10 @@ def hopf_coefficients(family, args, x, s, q, w):
     omega = jnp.abs(omega)
     qbar = jnp.conj(q)
     b_q_qbar = jnp.real(_complex_multilinear(_b, fn, x, q, qbar))
-    r1 = lx.linear_solve(lx.MatrixLinearOperator(A), b_q_qbar, throw=False).value
+    r1, res1 = _solve(A, b_q_qbar)
     b_qq = _complex_multilinear(_b, fn, x, q, q)
     shifted = 2j * omega * jnp.eye(n, dtype=q.dtype) - A.astype(q.dtype)
-    r2 = lx.linear_solve(lx.MatrixLinearOperator(shifted), b_qq, throw=False).value
+    r2, res2 = _solve(shifted, b_qq)
     g = (
         _complex_multilinear(_c, fn, x, q, q, qbar)
         - 2 * _complex_multilinear(_b, fn, x, q, r1)
@@ -167,7 +232,7 @@ def hopf_coefficients(family, args, x, s, q, w):
     # dλ/ds = wᵀ (A_s + B(·, x_s)) q with x_s = -A⁻¹ f_s. Never differentiates eigenvectors.
     ones = jnp.ones_like(s)
     f_s = jax.jvp(lambda t: family(x, t, args), (s,), (ones,))[1]
-    x_s = -lx.linear_solve(lx.MatrixLinearOperator(A), f_s, throw=False).value
+    x_s, res3 = _solve(A, -f_s)
 
     def a_times(v):
         jac_dir = jax.jvp(
@@ -176,16 +241,33 @@ def hopf_coefficients(family, args, x, s, q, w):
         return jac_dir + _b(fn, x, v, x_s)
 
     dA_q = a_times(jnp.real(q)) + 1j * a_times(jnp.imag(q))
-    dlam = w @ dA_q
-    return omega, c1, jnp.real(dlam)
+    dlam = jnp.real(w @ dA_q)
+    result = _first_failure(res1, res2, res3)
+    result = result_where(~_all_finite(omega, c1, dlam), RESULTS.singular_linear_solve, result)
+    return HopfTerms(omega, c1, dlam, result)
+
+
+def hopf_coefficients(family, args, x, s, q, w):
+    """`(omega, c1, dRe λ/ds)` only. Kept for old callers; `hopf_terms` also returns the result
+    of the linear solves, which this drops."""
+    return tuple(hopf_terms(family, args, x, s, q, w)[:3])
 
 
 # ------------------------------------------------------------------------------------------------
 # Result types.
 
 
+def _successful_default():
+    return RESULTS.successful
+
+
 class AbstractNormalForm(eqx.Module):
-    """Normal-form coefficients of a codimension-one bifurcation, with their convention."""
+    """Normal-form coefficients of a codimension-one bifurcation, with their convention.
+
+    Every subclass has a `result` field: `RESULTS.successful`, `RESULTS.not_a_bifurcation` (no
+    critical eigenvalue of the requested type), or a linear solve's failure (e.g.
+    `RESULTS.singular`, `RESULTS.singular_linear_solve`: a degenerate point).
+    """
 
     @property
     def convention(self) -> str:
@@ -196,17 +278,22 @@ class AbstractNormalForm(eqx.Module):
         """`"supercritical"`, `"subcritical"`, or `None` where the notion does not apply."""
         return None
 
+    @property
+    def successful(self) -> Bool[Array, "*batch"]:
+        return successful(self.result)  # pyright: ignore[reportAttributeAccessIssue]
+
 
 class FoldNormalForm(AbstractNormalForm):
     """Fold (saddle-node): `ẇ = a·δμ + a_f·w² + …`, with `a_f = ½ pᵀB(q, q)`.
 
-    **Fields:** `a = pᵀ f_μ`, `a_f`, `b1`, `b2 = 2 a_f` (see `convention`).
+    **Fields:** `a = pᵀ f_μ`, `a_f`, `b1`, `b2 = 2 a_f` (see `convention`), `result`.
     """
 
     a: Float[Array, ""]
     a_f: Float[Array, ""]
     b1: Float[Array, ""]
     b2: Float[Array, ""]
+    result: RESULTS = eqx.field(default_factory=_successful_default)
 
     @property
     def convention(self) -> str:
@@ -216,14 +303,17 @@ class FoldNormalForm(AbstractNormalForm):
 class BranchPointNormalForm(AbstractNormalForm):
     """Branch point (transcritical, pitchfork): `ẇ = a·δμ + b1·δμ·w + (b2/2)·w² + (b3/6)·w³`.
 
-    `criticality` is that of a pitchfork (`b3 < 0` ⇒ supercritical); `None` when `b2 ≠ 0`.
+    `symmetric` (a boolean array) says `b2` vanishes relative to the other coefficients (a
+    pitchfork). `criticality` is that of a pitchfork (`b3 < 0` ⇒ supercritical); `None` when
+    `b2 ≠ 0` or the result is a failure.
     """
 
     a: Float[Array, ""]
     b1: Float[Array, ""]
     b2: Float[Array, ""]
     b3: Float[Array, ""]
-    symmetric: bool = eqx.field(static=True, default=False)
+    symmetric: Bool[Array, ""] | bool = False
+    result: RESULTS = eqx.field(default_factory=_successful_default)
 
     @property
     def convention(self) -> str:
@@ -231,7 +321,7 @@ class BranchPointNormalForm(AbstractNormalForm):
 
     @property
     def criticality(self) -> str | None:
-        if not self.symmetric:
+        if not bool(self.symmetric) or not bool(self.successful):
             return None
         b3 = float(self.b3)
         if not np.isfinite(b3):
@@ -241,14 +331,15 @@ class BranchPointNormalForm(AbstractNormalForm):
 
 class HopfNormalForm(AbstractNormalForm):
     """Hopf: frequency `omega`, complex `c1`, first Lyapunov coefficient `l1 = Re c1`
-    (MatCont/BifurcationKit convention; negative ⇒ supercritical) and the transversality
-    coefficient `transversality = dRe λ/dμ` along the equilibrium branch.
+    (MatCont/BifurcationKit convention; negative ⇒ supercritical), the transversality
+    coefficient `transversality = dRe λ/dμ` along the equilibrium branch, and `result`.
     """
 
     omega: Float[Array, ""]
     c1: Complex[Array, ""]
     l1: Float[Array, ""]
     transversality: Float[Array, ""]
+    result: RESULTS = eqx.field(default_factory=_successful_default)
 
     @property
     def convention(self) -> str:
@@ -256,68 +347,113 @@ class HopfNormalForm(AbstractNormalForm):
 
     @property
     def criticality(self) -> str | None:
+        if not bool(self.successful):
+            return None
         l1 = float(self.l1)
         if not np.isfinite(l1) or l1 == 0:
             return None
         return "supercritical" if l1 < 0 else "subcritical"
 
 
-def default_symmetry_tol(dtype) -> float:
-    return 100 * float(jnp.finfo(dtype).eps) ** 0.5
+# ------------------------------------------------------------------------------------------------
+# Critical vectors and the jittable normal-form kernel.
+
+
+def symmetric_mask(b1, b2, b3, symmetry_tol) -> Bool[Array, "*batch"]:
+    """Pitchfork when `b2` vanishes relative to `1`, `|b1|`, `|b3|` (non-finite ones ignored)."""
+    finite_abs = lambda c: jnp.where(jnp.isfinite(c), jnp.abs(c), 1.0)
+    scale = jnp.maximum(1.0, jnp.maximum(finite_abs(b1), finite_abs(b3)))
+    return jnp.abs(b2) <= symmetry_tol * scale
 
 
 def is_symmetric(b1, b2, b3, symmetry_tol) -> bool:
-    """Pitchfork when `b2` vanishes relative to the other coefficients."""
-    scale = max(1.0, abs(float(b1)) if np.isfinite(float(b1)) else 1.0, abs(float(b3)))
-    return abs(float(b2)) <= symmetry_tol * scale
+    """Host version of `symmetric_mask` (concrete values)."""
+    return bool(symmetric_mask(b1, b2, b3, symmetry_tol))
+
+
+def critical_index(eigenvalues: Complex[Array, " n"], kind: str):
+    """`(i, found)`: the eigenvalue nearest the imaginary axis among the complex ones with
+    `Im λ > 0` (`kind == "hopf"`) or the real ones (otherwise); `found` is false when there is
+    none (then `i` is meaningless). Jittable."""
+    eigenvalues = jnp.asarray(eigenvalues)
+    real = real_mask(eigenvalues)
+    cand = (~real & (eigenvalues.imag > 0)) if kind == "hopf" else real
+    i = jnp.argmin(jnp.where(cand, jnp.abs(eigenvalues.real), jnp.inf))
+    return i, jnp.any(cand)
 
 
 def critical_vectors(eigenvalues, right, left, kind: str):
-    """Index of the critical eigenvalue and its vectors (host helper; numpy inputs)."""
-    eigenvalues = np.asarray(eigenvalues)
-    scale = max(1.0, float(np.max(np.abs(eigenvalues))))
-    is_complex = np.abs(eigenvalues.imag) > 1e3 * np.finfo(eigenvalues.real.dtype).eps * scale
-    if kind == "hopf":
-        candidates = np.where(is_complex & (eigenvalues.imag > 0))[0]
-        if candidates.size == 0:
+    """Index of the critical eigenvalue and its vectors (host helper; raises `ValueError` when
+    there is no eigenvalue of the requested type). The jittable path is `critical_index`."""
+    i, found = critical_index(jnp.asarray(eigenvalues), kind)
+    i = int(i)
+    if not bool(found):
+        if kind == "hopf":
             raise ValueError("no complex eigenvalue pair: not a Hopf point")
-        i = candidates[np.argmin(np.abs(eigenvalues.real[candidates]))]
-        return i, np.asarray(right[:, i]), np.asarray(left[:, i])
-    candidates = np.where(~is_complex)[0]
-    if candidates.size == 0:
         raise ValueError("no real eigenvalue: not a zero-eigenvalue bifurcation")
-    i = candidates[np.argmin(np.abs(eigenvalues.real[candidates]))]
+    if kind == "hopf":
+        return i, np.asarray(right[:, i]), np.asarray(left[:, i])
     return i, np.real(np.asarray(right[:, i])), np.real(np.asarray(left[:, i]))
+
+
+@eqx.filter_jit
+def normal_form_at(family, args, x, s, eigenvalues, right, left, kind: str, symmetry_tol):
+    """Jittable: `(normal form, λ, q, w)` at `(x, s)` for a static `kind` in `"fold"`,
+    `"branch_point"`, `"hopf"`.
+
+    Picks the critical eigenvalue (`critical_index`), fixes the gauge of its vectors (largest
+    entry of `q` real positive, `‖q‖ = 1`, `wᵀq = 1`) and computes the coefficients. The normal
+    form's `result` is `RESULTS.not_a_bifurcation` when the spectrum has no eigenvalue of the
+    requested type, else the linear solves' result. `λ` is `(λ, λ̄)` for a Hopf point.
+    """
+    eigenvalues = jnp.asarray(eigenvalues)
+    i, found = critical_index(eigenvalues, kind)
+    lam = eigenvalues[i]
+    q = jnp.asarray(right)[:, i]
+    w = jnp.asarray(left)[:, i]
+    if kind != "hopf":
+        q, w = jnp.real(q).astype(x.dtype), jnp.real(w).astype(x.dtype)
+    q = gauge_fix(q / jnp.linalg.norm(q))
+    w = w / (w @ q)
+    if kind == "hopf":
+        terms = hopf_terms(family, args, x, s, q, w)
+        result = RESULTS.where(found, terms.result, RESULTS.not_a_bifurcation)
+        nf = HopfNormalForm(
+            omega=terms.omega, c1=terms.c1, l1=jnp.real(terms.c1),
+            transversality=terms.transversality, result=result,
+        )
+        return nf, jnp.stack([lam, jnp.conj(lam)]), q, w
+    terms = zero_eigenvalue_terms(family, args, x, s, q, w)
+    result = RESULTS.where(found, terms.result, RESULTS.not_a_bifurcation)
+    if kind == "fold":
+        nf = FoldNormalForm(a=terms.a, a_f=terms.b2 / 2, b1=terms.b1, b2=terms.b2, result=result)
+    else:
+        symmetric = symmetric_mask(terms.b1, terms.b2, terms.b3, symmetry_tol)
+        nf = BranchPointNormalForm(
+            a=terms.a, b1=terms.b1, b2=terms.b2, b3=terms.b3, symmetric=symmetric, result=result
+        )
+    return nf, lam[None], q, w
 
 
 def compute_normal_form(
     family, args, x, s, eigenvalues, right, left, kind: str, symmetry_tol: float
 ) -> tuple[str, AbstractNormalForm, Any, Any, Any]:
-    """Host driver: picks the critical vectors and returns `(kind, normal form, λ, q, w)`.
+    """Host driver: `(kind, normal form, λ, q, w)` with `kind` resolved to a name.
 
     `kind` is `"hopf"`, `"fold"` or `"branch_point"` (resolved here to transcritical/pitchfork).
+    Raises `ValueError` when the spectrum has no eigenvalue of the requested type (a spurious
+    event for its caller); every other failure is in the normal form's `result`. The jittable
+    kernel, which reports that case as `RESULTS.not_a_bifurcation`, is `normal_form_at`.
     """
-    dtype = x.dtype
-    i, q, w = critical_vectors(eigenvalues, right, left, kind)
-    lam = np.asarray(eigenvalues)[i]
-    if kind == "hopf":
-        omega, c1, dlam = hopf_coefficients(family, args, x, s, np.asarray(q), np.asarray(w))
-        nf = HopfNormalForm(omega=omega, c1=c1, l1=jnp.real(c1), transversality=dlam)
-        return "hopf", nf, np.array([lam, np.conj(lam)]), q, w
-    q = np.asarray(q, dtype)
-    w = np.asarray(w, dtype)
-    nq = np.linalg.norm(q)
-    q, w = q / nq, w * nq
-    if q[np.argmax(np.abs(q))] < 0:
-        q, w = -q, -w
-    w = w / (w @ q)
-    a, b1, b2, b3 = zero_eigenvalue_coefficients(family, args, x, s, q, w)
-    if kind == "fold":
-        nf = FoldNormalForm(a=a, a_f=b2 / 2, b1=b1, b2=b2)
-        return "fold", nf, np.array([lam]), q, w
-    symmetric = is_symmetric(b1, b2, b3, symmetry_tol)
-    nf = BranchPointNormalForm(a=a, b1=b1, b2=b2, b3=b3, symmetric=symmetric)
-    return ("pitchfork" if symmetric else "transcritical"), nf, np.array([lam]), q, w
+    nf, lam, q, w = normal_form_at(
+        family, args, jnp.asarray(x), jnp.asarray(s), eigenvalues, right, left, kind,
+        symmetry_tol,
+    )
+    if nf.result == RESULTS.not_a_bifurcation:
+        raise ValueError(RESULTS[nf.result])
+    if kind == "branch_point":
+        kind = "pitchfork" if bool(nf.symmetric) else "transcritical"
+    return kind, nf, np.asarray(lam), np.asarray(q), np.asarray(w)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -330,94 +466,143 @@ def _family_for(vector_field, x, params, parameter_direction):
         # A scalar parameter: it is the one that moves.
         base = jtu.tree_unflatten(treedef, [jnp.asarray(leaves[0], x.dtype)])
         direction = jtu.tree_unflatten(treedef, [jnp.ones((), x.dtype)])
-        family, args = make_family(vector_field, base, direction)
-        return family, args, True
-    family, args = make_family(vector_field, params, parameter_direction)
-    return family, args, parameter_direction is not None
+        return make_family(vector_field, base, direction)
+    return make_family(vector_field, params, parameter_direction)
 
 
 @eqx.filter_jit
 def _family_spectrum(family, args, x, s):
-    from ._fixed_points import spectrum_of_matrix
-
     return spectrum_of_matrix(jax.jacfwd(lambda y: family(y, s, args))(x))
+
+
+_KINDS = (None, "fold", "branch_point", "transcritical", "pitchfork", "hopf")
+
+
+def _infer_kind(family, args, x, s, spec, tol):
+    """Hopf when the eigenvalue nearest the imaginary axis is complex, else fold when
+    `a = pᵀf_μ ≠ 0`, else a branch point. Needs concrete values (the result type depends on
+    them). Returns the kind and, for a branch point, its normal form."""
+    ev = spec.eigenvalues
+    try:
+        i = jnp.argmin(jnp.abs(ev.real))
+        if not bool(real_mask(ev)[i]):
+            return "hopf", None
+        nf, *_ = normal_form_at(
+            family, args, x, s, ev, spec.right_eigenvectors, spec.left_eigenvectors,
+            "branch_point", tol,
+        )
+        scale = jnp.maximum(1.0, jnp.maximum(jnp.abs(nf.b1), jnp.abs(nf.b2)))
+        if bool(jnp.abs(nf.a) > tol * scale):
+            return "fold", None
+        return "branch_point", nf
+    except jax.errors.ConcretizationTypeError:
+        raise TypeError(
+            "`kind=None` infers the kind from the values, which is not possible under "
+            "`jax.jit`/`vmap` (the result type depends on it): pass `kind=` "
+            "(\"fold\", \"branch_point\" or \"hopf\")"
+        ) from None
 
 
 def normal_form_coefficients(
     vector_field: Callable,
     x: Float[ArrayLike, " state"],
-    params: PyTree,
+    params: PyTree = _MISSING,
     *,
+    inputs: PyTree = None,
     kind: str | None = None,
     parameter_direction: PyTree | None = None,
     symmetry_tol: float | None = None,
+    throw: bool = False,
 ) -> AbstractNormalForm:
     """Normal-form coefficients at a (located) codimension-one equilibrium bifurcation.
 
+    Two call forms: `normal_form_coefficients(vector_field, x, params)` with
+    `vector_field(x, params)`, or `normal_form_coefficients(model, x, inputs=u)` with a model
+    `model(t, x, u)` evaluated at `t = 0` (then `parameter_direction` is a direction in the
+    model's arrays).
+
     **Arguments:**
 
-    - `vector_field`: `vector_field(x, params) -> dx/dt`.
+    - `vector_field`: `vector_field(x, params) -> dx/dt`, or a model `model(t, x, u)`.
     - `x`: the equilibrium at the bifurcation.
-    - `params`: a scalar parameter (then `μ = params`) or any pytree.
+    - `params`: a scalar parameter (then `μ = params`) or any pytree (an `eqx.Module` holding
+        functions included). Omit it for a model.
+    - `inputs`: the model form's constant input `u` (`None` allowed).
     - `kind`: `"fold"`, `"branch_point"` (resolved to `"transcritical"`/`"pitchfork"`), `"hopf"`,
         or `None` to infer it: Hopf when the eigenvalue nearest the imaginary axis is complex,
-        else fold when `a = pᵀf_μ ≠ 0`, else a branch point.
-    - `parameter_direction`: for pytree `params`, the direction `δμ` moves along (same structure).
-        Without it, the parameter-dependent coefficients (`a`, `b1`, transversality) are zero.
+        else fold when `a = pᵀf_μ ≠ 0`, else a branch point. Under `jax.jit`/`vmap` pass it.
+    - `parameter_direction`: for pytree `params` (or a model), the direction `δμ` moves along
+        (same structure as the parameters' arrays). Without it, the parameter-dependent
+        coefficients (`a`, `b1`, transversality) are zero.
     - `symmetry_tol`: relative tolerance on `b2` below which a branch point is a pitchfork.
+    - `throw`: raise the result's message when it is not successful (also under `jit`). By
+        default the failure is only reported in `result`.
 
     **Returns:**
 
-    A `FoldNormalForm`, `BranchPointNormalForm` or `HopfNormalForm`; `.convention` states the
-    normalisation (see `docs/bifurcations.md`).
+    A `FoldNormalForm`, `BranchPointNormalForm` or `HopfNormalForm` with a `result`;
+    `.convention` states the normalisation (see `docs/bifurcations.md`). Non-finite `x` or
+    parameters raise, also under `jit`.
     """
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.result_type(float))
+    x = _as_float(x, "x")
     if x.ndim != 1:
         raise ValueError(f"`x` must be a 1-D state, got shape {x.shape}")
-    if kind not in (None, "fold", "branch_point", "transcritical", "pitchfork", "hopf"):
+    if kind not in _KINDS:
         raise ValueError(
             f"`kind` must be fold/branch_point/transcritical/pitchfork/hopf, got {kind!r}"
         )
-    family, args, _ = _family_for(vector_field, x, params, parameter_direction)
+    vector_field, params = resolve_dynamics(
+        vector_field, params, x, inputs, "normal_form_coefficients", "x"
+    )
+    params, x = _check_values(params, vector_field, x, "x")
+    if parameter_direction is not None:
+        parameter_direction = error_if_nonfinite(parameter_direction, "parameter_direction")
+        if vector_field is _model_vector_field:
+            # The direction moves the model; the input stays where it is.
+            inputs_dynamic = eqx.filter(params[1], eqx.is_array)
+            parameter_direction = (
+                eqx.filter(parameter_direction, eqx.is_array),
+                jtu.tree_map(jnp.zeros_like, inputs_dynamic),
+            )
+    family, args = _family_for(vector_field, x, params, parameter_direction)
     s = jnp.zeros((), x.dtype)
-    out = jax.eval_shape(lambda: family(x, s, args))
-    if out.shape != x.shape:
-        raise ValueError(f"`vector_field` returned shape {out.shape}, expected {x.shape}")
     spec = _family_spectrum(family, args, x, s)
     tol = default_symmetry_tol(x.dtype) if symmetry_tol is None else symmetry_tol
     if kind in ("transcritical", "pitchfork"):
         kind = "branch_point"
+    nf = None
     if kind is None:
-        ev = np.asarray(spec.eigenvalues)
-        i = np.argmin(np.abs(ev.real))
-        if abs(ev[i].imag) > 1e3 * np.finfo(ev.real.dtype).eps * max(1.0, np.max(np.abs(ev))):
-            kind = "hopf"
-        else:
-            _, nf, _, _, _ = compute_normal_form(
-                family, args, x, s, spec.eigenvalues, spec.right_eigenvectors,
-                spec.left_eigenvectors, "branch_point", tol,
-            )
-            scale = max(1.0, abs(float(nf.b1)), abs(float(nf.b2)))
-            kind = "fold" if abs(float(nf.a)) > tol * scale else "branch_point"
-    _, nf, _, _, _ = compute_normal_form(
-        family, args, x, s, spec.eigenvalues, spec.right_eigenvectors, spec.left_eigenvectors,
-        kind, tol,
-    )
+        kind, nf = _infer_kind(family, args, x, s, spec, tol)
+    if nf is None:
+        nf, *_ = normal_form_at(
+            family, args, x, s, spec.eigenvalues, spec.right_eigenvectors,
+            spec.left_eigenvectors, kind, tol,
+        )
+    if throw:
+        nf = nf.result.error_if(nf, ~successful(nf.result))
     return nf
 
 
 def lyapunov_coefficient(
-    vector_field: Callable, x: Float[ArrayLike, " state"], params: PyTree
+    vector_field: Callable,
+    x: Float[ArrayLike, " state"],
+    params: PyTree = _MISSING,
+    *,
+    inputs: PyTree = None,
+    throw: bool = True,
 ) -> Float[Array, ""]:
     """First Lyapunov coefficient `l1 = Re c1` at a Hopf point (MatCont/BifurcationKit
     convention: `‖q‖ = 1`, `<p, q> = 1`; negative ⇒ supercritical).
 
-    **Arguments:** `vector_field(x, params)`, the Hopf equilibrium `x`, and `params` there.
+    **Arguments:** `vector_field(x, params)`, the Hopf equilibrium `x`, and `params` there; or a
+    model `model(t, x, u)`, `x` and `inputs=u`. `throw`: a bare scalar has no room for a result
+    code, so by default a failure (no complex pair: `RESULTS.not_a_bifurcation`; a singular
+    solve) raises, also under `jit`. With `throw=False` the value is NaN where it failed; use
+    `normal_form_coefficients(..., kind="hopf")` for the code.
 
     **Returns:** the scalar `l1`.
     """
-    nf = normal_form_coefficients(vector_field, x, params, kind="hopf")
-    assert isinstance(nf, HopfNormalForm)
-    return nf.l1
+    nf = normal_form_coefficients(
+        vector_field, x, params, inputs=inputs, kind="hopf", throw=throw
+    )
+    return jnp.where(successful(nf.result), nf.l1, jnp.nan)
