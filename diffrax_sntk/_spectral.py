@@ -20,6 +20,8 @@ import jax.tree_util as jtu
 import lineax as lx
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
+from ._misc import RESULTS, error_if_not, gauge_fix, result_where
+
 # ----------------------------------------------------------------------------------------------
 # Shared helpers
 # ----------------------------------------------------------------------------------------------
@@ -86,8 +88,7 @@ def _flatten_operator(operator, name: str = "operator") -> _FlatOperator:
     def rows_mv(X):
         if X.shape[0] == 1:
             # A vmap over one vector is not free: it batches every product of the matvec along
-            # a unit axis, which ran the replay sNTK matvec at half speed (100 ms vs 55 ms at
-            # dimension 51,200).
+            # a unit axis, which slows the replay sNTK matvec down markedly.
             return checked(mv(X[0])[None])
         return checked(jax.vmap(mv)(X))
 
@@ -119,10 +120,13 @@ class Eigenpairs(eqx.Module):
     - `residuals`: relative residual norms ‖Θu − λu‖ / |λ| per pair, shape `(k,)` (the
         denominator is floored at `eps · λ_max`, and at the smallest normal number, so that zero
         eigenvalues and a zero operator give a finite number).
-    - `converged`: boolean per pair, `residuals <= tol`. Not meeting the tolerance is reported here,
-        never raised.
+    - `converged`: boolean per pair, `residuals <= tol`. Not meeting the tolerance is reported here
+        and in `result`, never raised.
     - `num_matvecs`: number of operator matvecs spent (a scalar integer array).
     - `num_restarts`: number of Krylov cycles that ran.
+    - `result`: a `ds.RESULTS` item: `RESULTS.successful` when every pair converged, else
+        `RESULTS.eigensolver_max_restarts` (the restart budget ran out first; on the dense path,
+        which has no restarts, the pairs missed `tol` through rounding). `converged` says which.
     """
 
     values: Float[Array, " k"]
@@ -131,6 +135,7 @@ class Eigenpairs(eqx.Module):
     converged: Bool[Array, " k"]
     num_matvecs: Int[Array, ""]
     num_restarts: Int[Array, ""]
+    result: RESULTS
 
     def __iter__(self):
         # `vals, vecs = top_eigenpairs(...)`: the contract's two-name unpacking.
@@ -152,8 +157,8 @@ class Eigenpairs(eqx.Module):
 #
 # Layout: the basis is stored as rows, Q of shape (rows, n). Projections are then a matrix-vector
 # product with a row-major matrix in both directions (Q x and cᵀQ), which XLA's CPU backend runs
-# at memory bandwidth; the column layout Q of shape (n, rows) made Qᵀx about 7x slower for a
-# single vector (measured at n = 10⁶). At large n these passes over the basis are the cost of a
+# at memory bandwidth; with the column layout Q of shape (n, rows), Qᵀx for a single vector is
+# a strided pass and much slower. At large n these passes over the basis are the cost of a
 # cycle besides the matvecs, so each block is first projected against the few rows that carry
 # its large components, then makes one pass over the whole basis, a second one only when that
 # pass lost too much (the DGKS criterion); the summed coefficients are the new column of H.
@@ -193,7 +198,7 @@ def _orthonormalise_rows(Q, W, fill, scale, local=None):
     C = C + C_full
     n1 = jnp.linalg.norm(X, axis=1)
     # The classical threshold 1/√2. A looser one (0.1, to save passes that read the whole
-    # basis: 0.13 s each at n = 10⁶) let the loss of orthogonality grow from block to block and
+    # basis) let the loss of orthogonality grow from block to block and
     # produced a spurious Ritz value 36x the largest eigenvalue in a restarted test run.
     C_again, X = jax.lax.cond(
         jnp.any(n1 < 0.7071 * n0),
@@ -339,7 +344,7 @@ def _block_lanczos(rows_mv, n, dtype, k, r, b, q, tol, max_restarts, pool, X0):
                 jnp.array(False))
         blocks, Q, W, H, _, theta, Y, _ = jax.lax.while_loop(more, grow, init)
         # Y padded by the b rows of the next block (zero coefficients): slicing Q[:size] would
-        # copy the whole basis (44 ms at n = 51,200).
+        # copy the whole basis.
         Y_pad = jnp.concatenate([Y, jnp.zeros((b, r), dtype)])
         V = jax.lax.dot_general(Y_pad, Q, (((0,), (0,)), ((), ())))  # (r, n)
         AV = jax.lax.dot_general(Y, W, (((0,), (0,)), ((), ())))
@@ -385,8 +390,8 @@ def _start_pool(key, shape, dtype):
     """Uniform(−1, 1) numbers, a deterministic function of `key`, for the start block and the
     breakdown fill.
 
-    Not `jax.random`: compiling threefry's sampler costs ~1 s on CPU (a third of this solver's
-    compile time), and XLA's RngBitGenerator, which compiles fast, is batched under `vmap` by
+    Not `jax.random`: compiling threefry's sampler is a large part of this solver's compile
+    time on CPU, and XLA's RngBitGenerator, which compiles fast, is batched under `vmap` by
     drawing every member of the batch from the first key. A counter hashed with the key's words
     is elementwise (so `vmap` over keys is exact), identical on every backend, compiles into one
     fusion, and is all a Krylov start vector needs.
@@ -433,11 +438,14 @@ def _top_eigenpairs_impl(operator, k, key, tol, r, block_size, krylov_blocks, ma
         theta, V, res, matvecs, cycles = _block_lanczos(
             flat.rows_mv, n, dtype, k, r, b, q, tol, max_restarts, pool, X0
         )
-    # Sign convention: the largest-magnitude entry of each eigenvector is positive.
-    idx = jnp.argmax(jnp.abs(V), axis=1)
-    V = V * jnp.sign(V[jnp.arange(k), idx])[:, None]
+    # Sign convention: the largest-magnitude entry of each eigenvector (a row) is positive.
+    V = gauge_fix(V, axis=1)
     vectors = jax.vmap(flat.unravel)(V)
-    return Eigenpairs(theta, vectors, res, res <= tol, matvecs, cycles)
+    converged = res <= tol
+    result = result_where(
+        ~jnp.all(converged), RESULTS.eigensolver_max_restarts, RESULTS.successful
+    )
+    return Eigenpairs(theta, vectors, res, converged, matvecs, cycles, result)
 
 
 def top_eigenpairs(
@@ -471,7 +479,7 @@ def top_eigenpairs(
     - `key`: a JAX PRNG key for the random starting block.
     - `tol`: relative residual tolerance; default `1e-6` in float64, `1e-3` in float32.
     - `block_size`: vectors per matvec block; default 1. Single-vector Lanczos needs the fewest
-        matvecs for separated eigenvalues (38 against 105 for blocks of 7 on a 51,200-dim sNTK);
+        matvecs for separated eigenvalues (see `docs/benchmarks.md`);
         a block at least as large as the multiplicity of an eigenvalue is needed to find all of
         its eigenvectors (a single vector finds one per eigenspace), and blocks batch better.
     - `krylov_blocks`: maximum number of blocks per cycle (Krylov depth; a cycle stops early
@@ -486,8 +494,10 @@ def top_eigenpairs(
     **Returns:**
 
     An [`Eigenpairs`][diffrax_sntk.Eigenpairs]: `values` (descending), `vectors` (input structure,
-    leading axis `k`), `residuals`, `converged` flags and `num_matvecs`. Unpacks as
-    `values, vectors = top_eigenpairs(...)`.
+    leading axis `k`), `residuals`, `converged` flags, `num_matvecs` and `result`
+    (`RESULTS.eigensolver_max_restarts` unless every pair converged). Unpacks as
+    `values, vectors = top_eigenpairs(...)`. Non-convergence is reported, never raised; a
+    non-finite matvec raises (an `eqx.error_if`, also under `jit`).
     """
     _check_operator(operator)
     n = operator.in_size()
@@ -498,7 +508,10 @@ def top_eigenpairs(
     dtype = jnp.result_type(*[s.dtype for s in jtu.tree_leaves(operator.in_structure())])
     if tol is None:
         tol = _default_tol(dtype)
-    if not tol > 0:
+    if jnp.shape(tol) != ():
+        raise ValueError(f"`tol` must be a positive scalar, got shape {jnp.shape(tol)}.")
+    # A number is checked here; an array (possibly traced) with `eqx.error_if` below.
+    if isinstance(tol, (int, float)) and not tol > 0:
         raise ValueError(f"`tol` must be positive, got {tol}.")
     b = 1 if block_size is None else block_size
     if isinstance(b, bool) or not isinstance(b, int) or b < 1:
@@ -530,6 +543,6 @@ def top_eigenpairs(
             raise ValueError(
                 "`init` must be vectors in the operator's input structure with a leading axis."
             ) from e
-    tol_arr = jnp.asarray(tol, dtype)
+    tol_arr = error_if_not(jnp.asarray(tol, dtype), jnp.asarray(tol) > 0, "`tol` must be positive")
     restarts = jnp.asarray(max_restarts)
     return _top_eigenpairs_impl(operator, k, key, tol_arr, r, b, q, restarts, init)

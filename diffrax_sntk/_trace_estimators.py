@@ -5,7 +5,7 @@ spent) and has an exact path through the dense matrix that is taken automaticall
 matrix costs no more matvecs than the stochastic estimator would.
 """
 
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import equinox as eqx
 import jax
@@ -16,11 +16,15 @@ import lineax as lx
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 from matfree import decomp, stochtrace
 
+from ._misc import RESULTS, participation_ratio, result_where
 from ._spectral import _check_operator, _dense_matrix, _flatten_operator
 
 
-class Estimate(NamedTuple):
+class Estimate(eqx.Module):
     """A scalar estimate with its standard error.
+
+    Unpacks (and indexes) as the three numbers `estimate, standard_error, num_matvecs =
+    ds.trace(...)`; `result` is an attribute.
 
     **Fields:**
 
@@ -28,11 +32,30 @@ class Estimate(NamedTuple):
     - `standard_error`: estimated standard deviation of `estimate` (0 for exact paths up to a
         floating-point floor). `estimate ± 2·standard_error` is a ≈95% interval.
     - `num_matvecs`: matvecs spent (per operator, for two-operator quantities).
+    - `result`: a `ds.RESULTS` item: `RESULTS.successful`, or `RESULTS.nonfinite` when the
+        estimate or its standard error is NaN or inf although every matvec was finite: the
+        quantity is undefined for this operator (e.g. the effective rank or the alignment of a
+        zero operator, 0/0). A non-finite matvec raises instead (`eqx.error_if`, also under
+        `jit`).
     """
 
     estimate: Float[Array, ""]
     standard_error: Float[Array, ""]
     num_matvecs: Int[Array, ""]
+    result: RESULTS
+
+    def __iter__(self):
+        # The three-name unpacking of the former NamedTuple keeps working.
+        return iter((self.estimate, self.standard_error, self.num_matvecs))
+
+    def __getitem__(self, i):
+        return (self.estimate, self.standard_error, self.num_matvecs)[i]
+
+
+def _estimate(value, se, num_matvecs) -> Estimate:
+    finite = jnp.isfinite(value) & jnp.isfinite(se)
+    result = result_where(~finite, RESULTS.nonfinite, RESULTS.successful)
+    return Estimate(value, se, jnp.asarray(num_matvecs), result)
 
 
 def _mean_and_cov(samples: Float[Array, "m p"]):
@@ -65,9 +88,15 @@ def _replayed(Omega, Y):
 
 
 def _xnystrace_loo(Omega, Y):
-    """Leave-one-out XNysTrace estimates (Epperly, Tropp & Webber 2024) of tr A from Y = AΩ."""
+    """Leave-one-out XNysTrace estimates (Epperly, Tropp & Webber 2024) of tr A from Y = AΩ.
+
+    A zero sketch (A = 0 on span Ω, e.g. the zero operator) makes the Nyström core matrix zero
+    and the estimator 0/0; its trace estimate is 0, so that case is answered directly (and the
+    estimator runs on a harmless stand-in, which keeps NaN out of gradients too)."""
     integrand = stochtrace.leave_one_out_xnystrace()
-    return integrand(_replayed(Omega, Y), Omega.T)
+    zero = jnp.all(Y == 0)
+    loo = integrand(_replayed(Omega, jnp.where(zero, Omega, Y)), Omega.T)
+    return jnp.where(zero, jnp.zeros_like(loo), loo)
 
 
 def _xnystrace(Omega, Y):
@@ -118,7 +147,7 @@ def _trace_impl(operator, key, m, exact):
     if exact:
         M = _dense_matrix(flat)
         t = jnp.trace(M)
-        return Estimate(t, _round_off(t, flat.dtype, n), jnp.array(n))
+        return _estimate(t, _round_off(t, flat.dtype, n), jnp.array(n))
     Omega = _probes(key, n, m, flat.dtype)
     Y = flat.block_mv(Omega)
     if lx.is_positive_semidefinite(operator):
@@ -128,7 +157,7 @@ def _trace_impl(operator, key, m, exact):
         (t,), var = _mean_and_cov(jnp.sum(Omega * Y, axis=0)[:, None])
         se = jnp.sqrt(var[0, 0])
     se = jnp.sqrt(se**2 + _round_off(t, flat.dtype, n) ** 2)
-    return Estimate(t, se, jnp.array(m))
+    return _estimate(t, se, jnp.array(m))
 
 
 def trace(
@@ -194,7 +223,7 @@ def _trace_and_frobenius(operator, key, m, combine):
 
     value, se = _jackknife(statistic, m)
     se = jnp.sqrt(se**2 + _round_off(value, flat.dtype, flat.size) ** 2)
-    return Estimate(value, se, jnp.array(2 * m))
+    return _estimate(value, se, jnp.array(2 * m))
 
 
 @eqx.filter_jit
@@ -208,7 +237,7 @@ def _frobenius_impl(operator, key, m, exact):
     if exact:
         lam, n = _dense_spectrum(operator)
         f = jnp.sum(lam**2)
-        return Estimate(f, _round_off(f, lam.dtype, n), jnp.array(n))
+        return _estimate(f, _round_off(f, lam.dtype, n), jnp.array(n))
     return _trace_and_frobenius(operator, key, m, lambda t, f: f)
 
 
@@ -281,11 +310,11 @@ def _effective_rank_impl(operator, key, method, m, depth, exact):
         lam = jnp.maximum(lam, 0.0)
         t = jnp.sum(lam)
         if method == "participation":
-            value = t**2 / jnp.sum(lam**2)
+            value = participation_ratio(lam)
         else:
             p = lam / t
             value = jnp.exp(-jnp.sum(_xlogx(p)))
-        return Estimate(value, _round_off(value, lam.dtype, n), jnp.array(n))
+        return _estimate(value, _round_off(value, lam.dtype, n), jnp.array(n))
     n = operator.in_size()
     if method == "participation":
         return _trace_and_frobenius(operator, key, m, lambda t, f: t**2 / f)
@@ -299,7 +328,7 @@ def _effective_rank_impl(operator, key, method, m, depth, exact):
     spent = m * depth
     # Delta method: the two estimates share probes, so their covariance enters.
     se = jnp.sqrt(jnp.maximum(grad @ cov @ grad, 0.0) + _round_off(value, samples.dtype, n) ** 2)
-    return Estimate(value, se, jnp.array(spent))
+    return _estimate(value, se, jnp.array(spent))
 
 
 def effective_rank(
@@ -377,7 +406,7 @@ def _alignment_impl(A, B, key, m, exact):
     if exact:
         MA, MB = _dense_matrix(fa), _dense_matrix(fb)
         value = jnp.vdot(MA, MB) / (jnp.linalg.norm(MA) * jnp.linalg.norm(MB))
-        return Estimate(value, _round_off(value, fa.dtype, n), jnp.array(n))
+        return _estimate(value, _round_off(value, fa.dtype, n), jnp.array(n))
     # Girard-Hutchinson with shared probes: E[(Aω)ᵀ(Bω)] = tr(AB) = ⟨A,B⟩_F for symmetric A;
     # sharing ω makes the errors of numerator and denominators correlate and largely cancel.
     Omega = jr.rademacher(key, (n, m), fa.dtype)
@@ -389,7 +418,7 @@ def _alignment_impl(A, B, key, m, exact):
     value = c / jnp.sqrt(a * b)
     grad = jnp.stack([1 / jnp.sqrt(a * b), -0.5 * value / a, -0.5 * value / b])
     se = jnp.sqrt(jnp.maximum(grad @ cov @ grad, 0.0) + _round_off(value, fa.dtype, n) ** 2)
-    return Estimate(value, se, jnp.array(m))
+    return _estimate(value, se, jnp.array(m))
 
 
 def alignment(

@@ -1,7 +1,7 @@
 """Tests for the spectral toolkit: top eigenpairs, trace / Frobenius / effective-rank estimators,
-kernel alignment and partial traces (issue 3).
+kernel alignment and partial traces.
 
-Compiling the CTRNN sNTK matvec (an adjoint solve plus a tangent solve) takes ~30 s on 2 cores, and
+Compiling the CTRNN sNTK matvec (an adjoint solve plus a tangent solve) is slow, and
 every jitted function that contains it would compile it again. The CTRNN tests therefore wrap the
 real sNTK in `_HostOperator`-style operator whose matvec is a `pure_callback` into *one* compiled,
 vmapped matvec: the numbers are the sNTK's, the compile is paid once per session. One slow test
@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 
 import diffrax_sntk as ds
+
+from .helpers import raises_check
 
 B, T, N = 3, 10, 8  # Θ has dimension 240; the CTRNN has 72 parameters, so rank Θ <= 72
 CHUNK = 8
@@ -110,7 +112,7 @@ def test_top_eigenpairs_restarts_and_warm_start(getkey):
     op = lx.MatrixLinearOperator(A, PSD)
     cold = ds.top_eigenpairs(op, 4, key=getkey(), tol=1e-8, krylov_blocks=8)
     assert int(cold.num_restarts) > 1
-    assert bool(jnp.all(cold.converged))
+    assert bool(jnp.all(cold.converged)) and cold.result == ds.RESULTS.successful
     np.testing.assert_allclose(cold.values, lam[:4], rtol=1e-10)
     r = np.linalg.norm(A @ cold.vectors.T - cold.vectors.T * cold.values, axis=0) / cold.values
     np.testing.assert_allclose(cold.residuals, r, rtol=1e-3, atol=1e-13)
@@ -146,6 +148,8 @@ def test_top_eigenpairs_restarts_and_warm_start(getkey):
     # An unreachable tolerance is flagged, not raised.
     capped = ds.top_eigenpairs(op, 4, key=getkey(), tol=1e-30, krylov_blocks=8, max_restarts=2)
     assert not bool(jnp.all(capped.converged))
+    assert capped.result == ds.RESULTS.eigensolver_max_restarts
+    assert int(capped.num_restarts) == 2
     assert bool(jnp.all(jnp.isfinite(capped.values)))
 
 
@@ -325,7 +329,11 @@ def test_jit_and_vmap_match_untransformed_calls(getkey):
     Bm, _ = _decaying_psd(getkey(), n, 0.05)
     opa, opb = lx.MatrixLinearOperator(A, PSD), lx.MatrixLinearOperator(0.5 * A + Bm, PSD)
     fns = {
-        "top_eigenpairs": lambda k: ds.top_eigenpairs(opa, 3, key=k).values,
+        # The whole result: values, vectors (gauge-fixed), residuals, flags, counts, `result`.
+        "top_eigenpairs": lambda k: ds.top_eigenpairs(opa, 3, key=k),
+        "top_eigenpairs_capped": lambda k: ds.top_eigenpairs(
+            opa, 3, key=k, tol=1e-30, max_restarts=1
+        ),
         "trace": lambda k: ds.trace(opa, key=k),
         "frobenius_norm_squared": lambda k: ds.frobenius_norm_squared(opa, key=k),
         "participation": lambda k: ds.effective_rank(opa, key=k),
@@ -338,7 +346,13 @@ def test_jit_and_vmap_match_untransformed_calls(getkey):
         for i in range(2):
             one = fn(keys[i])
             for got, want in zip(jax.tree.leaves(batched), jax.tree.leaves(one), strict=True):
-                np.testing.assert_allclose(got[i], want, rtol=1e-9, atol=1e-12, err_msg=name)
+                if jnp.issubdtype(want.dtype, jnp.inexact):
+                    np.testing.assert_allclose(got[i], want, rtol=1e-9, atol=1e-12, err_msg=name)
+                else:
+                    np.testing.assert_array_equal(got[i], want, err_msg=name)
+        want = ds.RESULTS.eigensolver_max_restarts if name.endswith("capped") else (
+            ds.RESULTS.successful)
+        assert bool(jnp.all(batched.result == want)), name
     # partial_trace: vmapped over a stack of operators' matrices, under jit.
     b, t, m = 2, 3, 2
     Cs = jr.normal(getkey(), (2, b * t * m, b * t * m))
@@ -462,6 +476,43 @@ def test_bad_input(getkey):
     # The exact path needs no probes, so a small budget is no error there.
     er = ds.effective_rank(good, key=getkey(), method="entropy", num_matvecs=20, exact=True)
     assert int(er.num_matvecs) == 50
+
+
+def test_estimate_result_and_unpacking(getkey):
+    # An undefined quantity (0/0 for a zero operator) is reported in `result`, also under jit
+    # and vmap; a defined one is successful. The old three-name unpacking still works.
+    n = 40
+    struct = jax.ShapeDtypeStruct((n,), jnp.float64)
+    zero = lx.FunctionLinearOperator(lambda v: 0.0 * v, struct, PSD)
+    A, _ = _decaying_psd(getkey(), n, 0.3)
+    good = lx.MatrixLinearOperator(A, PSD)
+    est = ds.effective_rank(good, key=getkey(), exact=False, num_matvecs=16)
+    assert est.result == ds.RESULTS.successful
+    value, se, spent = est
+    assert value is est.estimate and se is est.standard_error and int(spent) == 16
+    assert est[0] is est.estimate and est[2] is est.num_matvecs
+    undefined = ds.effective_rank(zero, key=getkey(), exact=False, num_matvecs=16)
+    assert undefined.result == ds.RESULTS.nonfinite
+    assert ds.trace(zero, key=getkey()).result == ds.RESULTS.successful  # tr 0 = 0 is fine
+    keys = jr.split(getkey(), 2)
+    batched = jax.jit(jax.vmap(lambda k: ds.alignment(good, zero, key=k, num_matvecs=8)))(keys)
+    assert bool(jnp.all(batched.result == ds.RESULTS.nonfinite))
+
+
+def test_value_checks_fire_under_jit(getkey):
+    A, _ = _decaying_psd(getkey(), 60, 0.3)
+    op = lx.MatrixLinearOperator(A, PSD)
+    key = getkey()
+    # `tol` traced: checked with `eqx.error_if`, so a bad value raises under jit too.
+    solve = jax.jit(lambda tol: ds.top_eigenpairs(op, 2, key=key, tol=tol).values)
+    assert bool(jnp.all(jnp.isfinite(solve(1e-8))))
+    with raises_check("`tol` must be positive"):
+        jax.block_until_ready(solve(-1.0))
+    nan_op = lx.FunctionLinearOperator(
+        lambda v: v * jnp.nan, jax.ShapeDtypeStruct((60,), jnp.float64), PSD
+    )
+    with raises_check("non-finite"):
+        jax.block_until_ready(jax.jit(lambda k: ds.trace(nan_op, key=k, exact=False))(key))
 
 
 # ----------------------------------------------------------------------------------------------
