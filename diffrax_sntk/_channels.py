@@ -19,6 +19,7 @@ channel factors J U and the dominant direction Jᵀv₁.
 
 from __future__ import annotations
 
+import functools as ft
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
@@ -295,7 +296,7 @@ class BifurcationChannels(eqx.Module):
 def _stack_dot(stack: PyTree, tree: PyTree) -> Array:
     """⟨stack[j], tree⟩ for every j of a leading-axis stack (pytrees with None leaves)."""
     parts = jtu.tree_map(lambda s, t: jnp.tensordot(s, t, axes=t.ndim), stack, tree)
-    return sum(jtu.tree_leaves(parts))
+    return ft.reduce(jnp.add, jtu.tree_leaves(parts))
 
 
 def _stack_combine(stack: PyTree, coeffs: Array) -> PyTree:
@@ -400,6 +401,24 @@ def _directions(f, x, flat, v, w):
     return gf_re, gf_im, gl[0], gl[1]
 
 
+def _critical_mode(f, x, flat, target, directions, rank_tol, to_tree):
+    """The `CriticalMode` at x, the channel basis U (4, P) with its rank, and ĝ_f."""
+    lam, v, w, is_complex, gap = _mode(jax.jacfwd(f)(x, flat), target)
+    gf_re, gf_im, gl_re, gl_im = _directions(f, x, flat, v, w)
+    real_dirs = _REAL_MASKS[directions]
+    cplx_dirs = (False, True, True, False) if directions == "auto" else real_dirs
+    mask = jnp.where(is_complex, jnp.array(cplx_dirs), jnp.array(real_dirs))
+    U, rank = _orthonormal_basis(jnp.stack([gf_re, gl_re, gl_im, gf_im]), mask, rank_tol)
+    gf_norm = jnp.linalg.norm(gf_re)
+    mode = CriticalMode(
+        state=x, fixed_point_residual=jnp.linalg.norm(f(x, flat)), eigenvalue=lam,
+        right_eigenvector=v, left_eigenvector=w, is_complex=is_complex, gap_ratio=gap,
+        forcing_direction=to_tree(jnp.stack([gf_re, gf_im])),
+        eigenvalue_direction=to_tree(jnp.stack([gl_re, gl_im])),
+    )
+    return mode, U, rank, gf_re / jnp.where(gf_norm > 0, gf_norm, 1.0)
+
+
 def _orthonormal_basis(cands, mask, rank_tol):
     """Modified Gram–Schmidt with dropping; independent columns packed to the front."""
     k, p = cands.shape
@@ -494,7 +513,8 @@ def _range_projection_norm(factors, vector, rank_tol):
     return jnp.linalg.norm(jnp.where(keep, vt @ vector, 0.0))
 
 
-def _make_split(spectra, J, theta, residual, U, rank, to_tree, shape) -> ChannelSplit:
+def _make_split(spectra, J, theta, residual, U, rank, to_tree) -> ChannelSplit:
+    shape = J.out_structure().shape
     JU = spectra.factors[:4]
     chan_vals, chan_vec = _channel_eigen(JU)
     tr_bif = jnp.sum(JU**2)
@@ -522,28 +542,40 @@ def _make_split(spectra, J, theta, residual, U, rank, to_tree, shape) -> Channel
     )
 
 
-def _make_diagnostics(spectra, U, chan_vec, predicted, rank_tol, resid, gap, residual_tol,
-                      gap_tol, to_tree, shape, forcing_norm) -> ChannelDiagnostics:
+def _make_diagnostics(spectra, mode, U, split, predicted, rank_tol, residual_tol, gap_tol,
+                      to_tree) -> ChannelDiagnostics:
+    shape = predicted.shape
     JU, computed = spectra.factors[:4], spectra.factors[4]
     v1, u1 = spectra.top_vector, spectra.dominant
-    pred = predicted.reshape(-1)
-    profile_error = jnp.where(
-        forcing_norm > 0, jnp.linalg.norm(computed - pred) / jnp.linalg.norm(computed), jnp.nan
-    )
+    # 0/0 = NaN when Re g_f = 0 (ĝ_f = 0): there is no forcing response to compare.
+    error = jnp.linalg.norm(computed - predicted.reshape(-1)) / jnp.linalg.norm(computed)
     return ChannelDiagnostics(
         top_eigenvector=v1.reshape(shape),
         effective_rank=spectra.effective_rank,
-        alignment=jnp.abs(v1 @ chan_vec.reshape(-1)),
+        alignment=jnp.abs(v1 @ split.channel_eigenvector.reshape(-1)),
         subspace_alignment=_range_projection_norm(JU, v1, rank_tol),
         dominant_direction=to_tree(u1[None]),
         dominant_overlap=jnp.linalg.norm(U @ u1),
         profile_computed=computed.reshape(shape),
         profile_predicted=predicted,
-        profile_error=profile_error,
-        residual_too_large=resid > residual_tol,
-        far_from_critical=gap > gap_tol,
+        profile_error=error,
+        residual_too_large=mode.fixed_point_residual > residual_tol,
+        far_from_critical=mode.gap_ratio > gap_tol,
         eigensolver_converged=spectra.converged,
     )
+
+
+def _result_code(found, mode, spectra, split, residual_tol):
+    """First failure wins: no fixed point, unconverged eigensolves, non-finite spectra."""
+    values = jnp.stack([
+        spectra.trace, spectra.top_value, spectra.residual_top, spectra.effective_rank,
+        split.energy_fraction, jnp.abs(mode.eigenvalue),
+    ])
+    finite = jnp.all(jnp.isfinite(values)) & jnp.all(jnp.isfinite(spectra.factors))
+    fixed = found & (mode.fixed_point_residual <= residual_tol)
+    result = result_where(~fixed, RESULTS.no_fixed_point, RESULTS.successful)
+    result = result_where(~spectra.converged, RESULTS.eigensolver_max_restarts, result)
+    return result_where(~finite, RESULTS.nonfinite, result)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -639,14 +671,13 @@ def bifurcation_channels(
         model, problem, filter_spec=filter_spec, method=operator_method, num_steps=num_steps
     )
     eps = float(jnp.finfo(dtype).eps)
-    residual_tol = eps**0.5 if residual_tol is None else float(residual_tol)
-    rank_tol = eps**0.5 if rank_tol is None else float(rank_tol)
-    if not residual_tol > 0:
+    res_tol = eps**0.5 if residual_tol is None else float(residual_tol)
+    rk_tol = eps**0.5 if rank_tol is None else float(rank_tol)
+    if not res_tol > 0:
         raise ValueError(f"`residual_tol` must be positive, got {residual_tol!r}.")
-    if not rank_tol > 0:
+    if not rk_tol > 0:
         raise ValueError(f"`rank_tol` must be positive, got {rank_tol!r}.")
     key = jr.PRNGKey(0) if key is None else key
-
     params, static = eqx.partition(model, filter_spec)
     flat, unravel = jfu.ravel_pytree(params)
     n_out = problem.batch_size * problem.num_times * problem.state_size
@@ -663,55 +694,28 @@ def bifurcation_channels(
     def f(x, p):
         return vf(x, eqx.combine(unravel(p), static))
 
-    # The critical mode and the channel basis.
-    resid = jnp.linalg.norm(f(x_star, flat))
-    lam, v, w, is_complex, gap = _mode(jax.jacfwd(f)(x_star, flat), target)
-    gf_re, gf_im, gl_re, gl_im = _directions(f, x_star, flat, v, w)
-    real_dirs = _REAL_MASKS[directions]
-    cplx_dirs = (False, True, True, False) if directions == "auto" else real_dirs
-    mask = jnp.where(is_complex, jnp.array(cplx_dirs), jnp.array(real_dirs))
-    U, rank = _orthonormal_basis(jnp.stack([gf_re, gl_re, gl_im, gf_im]), mask, rank_tol)
-    gf_norm = jnp.linalg.norm(gf_re)
-    g_hat = gf_re / jnp.where(gf_norm > 0, gf_norm, 1.0)
-    tangents = jnp.concatenate([U, g_hat[None]], axis=0)  # (5, P): the basis and ĝ_f
-
-    # Θ's spectra, by the chosen path.
     to_tree = jax.vmap(unravel)
+    mode, U, rank, g_hat = _critical_mode(f, x_star, flat, target, directions, rk_tol, to_tree)
+    tangents = jnp.concatenate([U, g_hat[None]], axis=0)  # (5, P): the basis and ĝ_f
     theta = _gram_operator(J)
     residual = _gram_operator(J, to_tree(U))
     if method == "dense":
         spectra = _dense_spectra(J, tangents, U)
     else:
         spectra = _matfree_spectra(J, theta, residual, tangents, unravel, key)
-
-    shape = J.out_structure().shape
-    split = _make_split(spectra, J, theta, residual, U, rank, to_tree, shape)
-    c = w @ jax.jvp(lambda p: f(x_star, p), (flat,), (g_hat,))[1]
-    predicted = _profile(problem, lam, v, is_complex, c)
+    split = _make_split(spectra, J, theta, residual, U, rank, to_tree)
+    # Normal-form profile of the forcing direction: c = wᵀ(∂f/∂θ)ĝ_f.
+    c = mode.left_eigenvector @ jax.jvp(lambda p: f(x_star, p), (flat,), (g_hat,))[1]
+    predicted = _profile(problem, mode.eigenvalue, mode.right_eigenvector, mode.is_complex, c)
     diagnostics = _make_diagnostics(
-        spectra, U, split.channel_eigenvector, predicted, rank_tol, resid, gap, residual_tol,
-        gap_tol, to_tree, shape, gf_norm,
+        spectra, mode, U, split, predicted, rk_tol, res_tol, gap_tol, to_tree
     )
-    mode = CriticalMode(
-        state=x_star, fixed_point_residual=resid, eigenvalue=lam, right_eigenvector=v,
-        left_eigenvector=w, is_complex=is_complex, gap_ratio=gap,
-        forcing_direction=to_tree(jnp.stack([gf_re, gf_im])),
-        eigenvalue_direction=to_tree(jnp.stack([gl_re, gl_im])),
-    )
-
-    finite = jnp.all(jnp.isfinite(jnp.stack([
-        spectra.trace, spectra.top_value, spectra.residual_top, spectra.effective_rank,
-        split.energy_fraction, jnp.abs(lam),
-    ]))) & jnp.all(jnp.isfinite(spectra.factors))
-    result = RESULTS.where(found & (resid <= residual_tol), RESULTS.successful,
-                           RESULTS.no_fixed_point)
-    result = result_where(~spectra.converged, RESULTS.eigensolver_max_restarts, result)
-    result = result_where(~finite, RESULTS.nonfinite, result)
+    result = _result_code(found, mode, spectra, split, res_tol)
     if throw:
         split, mode, diagnostics = result.error_if(
             (split, mode, diagnostics), result != RESULTS.successful
         )
     return BifurcationChannels(
         split=split, mode=mode, diagnostics=diagnostics, result=result,
-        residual_tol=residual_tol, gap_tol=float(gap_tol),
+        residual_tol=res_tol, gap_tol=float(gap_tol),
     )

@@ -11,6 +11,10 @@ look like the potential of the scalar normal form, ẋ = f_nf(x; μ) = −V′(x
 
 The prediction is L̂(s) = a + β V(s − s0; μ): linear least squares in (a, β·μ, β) for each
 centre s0 on a grid, keeping the centre of largest R².
+
+A fit that cannot be made is reported in `RestrictedLandscape.result`, never papered over:
+non-finite samples (a diverging loss), a constant landscape (R² undefined) or a vanishing top-order
+coefficient β (μ undefined) give `RESULTS.nonfinite` with the undefined values set to NaN.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Float, PyTree
+
+from ._misc import RESULTS, check_callable, error_if_nonfinite
 
 __all__ = ["RestrictedLandscape", "restricted_landscape", "fit_normal_form_landscape"]
 
@@ -40,6 +46,9 @@ class RestrictedLandscape(eqx.Module):
     - `r_squared`: 1 − Σ(L − L̂)² / Σ(L − mean L)².
     - `centre` (s0), `offset` (a), `scale` (β), `unfolding` (μ): the fitted coefficients.
     - `normal_form`: `"pitchfork"`, `"fold"` or `"transcritical"`.
+    - `result`: a [`ds.RESULTS`][diffrax_sntk.RESULTS] item: `successful`, or `nonfinite` when a
+        loss sample is NaN/inf, the landscape is constant (`r_squared` is then NaN) or the fitted
+        β is zero (`unfolding` is then NaN).
     """
 
     s_values: Float[Array, " s"]
@@ -50,7 +59,13 @@ class RestrictedLandscape(eqx.Module):
     offset: Float[Array, ""]
     scale: Float[Array, ""]
     unfolding: Float[Array, ""]
+    result: RESULTS
     normal_form: str = eqx.field(static=True)
+
+    @property
+    def successful(self):
+        """`result == RESULTS.successful` (an array; batched under `vmap`)."""
+        return self.result == RESULTS.successful
 
 
 def _fit_at(s, loss, s0, powers):
@@ -68,6 +83,7 @@ def fit_normal_form_landscape(
     normal_form: Literal["pitchfork", "fold", "transcritical"] = "pitchfork",
     *,
     num_centres: int = 201,
+    throw: bool = False,
 ) -> RestrictedLandscape:
     """Fit a + β V(s − s0; μ) (the normal form's potential) to a sampled 1-D landscape.
 
@@ -78,6 +94,8 @@ def fit_normal_form_landscape(
         `"transcritical"` (V = −μx²/2 + x³/3).
     - `num_centres`: the centre s0 is scanned over this many equispaced points in
         `[min s, max s]`; a, β and μ are linear least squares at each.
+    - `throw`: raise (with `eqx.error_if`, also under `jit`) when the fit fails, instead of
+        returning `result = RESULTS.nonfinite`.
 
     **Returns:**
 
@@ -93,9 +111,12 @@ def fit_normal_form_landscape(
         raise ValueError(f"`s_values` must be 1-D with at least 4 points, got shape {s.shape}.")
     if loss.shape != s.shape:
         raise ValueError(f"`loss` must have the shape of `s_values` {s.shape}, got {loss.shape}.")
-    dtype = jnp.result_type(s.dtype, loss.dtype, jnp.zeros(()).dtype)
-    s, loss = s.astype(dtype), loss.astype(dtype)
-    return _fit_impl(s, loss, normal_form, num_centres)
+    dtype = jnp.result_type(s.dtype, loss.dtype, float)  # float32 stays float32; ints → float
+    s, loss = error_if_nonfinite(s.astype(dtype), "s_values"), loss.astype(dtype)
+    land = _fit_impl(s, loss, normal_form, num_centres)
+    if throw:
+        land = land.result.error_if(land, land.result != RESULTS.successful)
+    return land
 
 
 @eqx.filter_jit
@@ -107,21 +128,19 @@ def _fit_impl(s, loss, normal_form, num_centres):
     s0 = centres[best]
     coef, pred, ss_res = _fit_at(s, loss, s0, powers)
     ss_tot = jnp.sum((loss - jnp.mean(loss)) ** 2)
-    tiny = jnp.finfo(s.dtype).tiny
-    r2 = 1 - ss_res / jnp.maximum(ss_tot, tiny)
+    r2 = jnp.where(ss_tot > 0, 1 - ss_res / jnp.where(ss_tot > 0, ss_tot, 1), jnp.nan)
     a, c_lin, c_top = coef
-    if normal_form == "pitchfork":  # c2 = −βμ/2, c4 = β/4
-        beta = 4 * c_top
-        mu = -2 * c_lin / jnp.where(beta != 0, beta, tiny)
-    elif normal_form == "fold":  # c1 = −βμ, c3 = β/3
-        beta = 3 * c_top
-        mu = -c_lin / jnp.where(beta != 0, beta, tiny)
-    else:  # transcritical: c2 = −βμ/2, c3 = β/3
-        beta = 3 * c_top
-        mu = -2 * c_lin / jnp.where(beta != 0, beta, tiny)
+    # pitchfork: c2 = −βμ/2, c4 = β/4; fold: c1 = −βμ, c3 = β/3; transcritical: c2 = −βμ/2,
+    # c3 = β/3.
+    beta = (4 if normal_form == "pitchfork" else 3) * c_top
+    mu = (-1 if normal_form == "fold" else -2) * c_lin / jnp.where(beta != 0, beta, 1)
+    mu = jnp.where(beta != 0, mu, jnp.nan)
+    ok = jnp.all(jnp.isfinite(loss)) & jnp.isfinite(r2) & jnp.isfinite(mu)
+    ok = ok & jnp.all(jnp.isfinite(coef))
     return RestrictedLandscape(
         s_values=s, loss=loss, predicted=pred, r_squared=r2, centre=s0, offset=a, scale=beta,
-        unfolding=mu, normal_form=normal_form,
+        unfolding=mu, result=RESULTS.where(ok, RESULTS.successful, RESULTS.nonfinite),
+        normal_form=normal_form,
     )
 
 
@@ -134,6 +153,7 @@ def restricted_landscape(
     *,
     filter_spec: Any = eqx.is_inexact_array,
     num_centres: int = 201,
+    throw: bool = False,
 ) -> RestrictedLandscape:
     r"""Evaluate s ↦ L(θ + s·u) and fit the scalar normal form's landscape to it.
 
@@ -153,14 +173,14 @@ def restricted_landscape(
     - `normal_form`: `"pitchfork"`, `"fold"` or `"transcritical"`.
     - `filter_spec`: which model leaves are parameters.
     - `num_centres`: grid size of the centre scan.
+    - `throw`: raise when the fit fails (see `fit_normal_form_landscape`).
 
     **Returns:**
 
     A [`RestrictedLandscape`][diffrax_sntk.RestrictedLandscape] with the samples, the fitted
     prediction and R².
     """
-    if not callable(loss_fn):
-        raise TypeError("`loss_fn` must be callable as `loss_fn(model) -> scalar`.")
+    check_callable(loss_fn, "loss_fn", "loss_fn(model) -> scalar")
     if normal_form not in _FORMS:
         raise ValueError(f"`normal_form` must be one of {_FORMS}, got {normal_form!r}.")
     params, static = eqx.partition(model, filter_spec)
@@ -180,14 +200,14 @@ def restricted_landscape(
             f"`direction` has a leaf of shape {d.shape}; the parameter has shape {p.shape}."
         )
 
-    direction = jtu.tree_map(_squeeze, direction, params)
+    direction = error_if_nonfinite(jtu.tree_map(_squeeze, direction, params), "direction")
     s = jnp.asarray(s_values)
     if s.ndim != 1 or s.shape[0] < 4:
         raise ValueError(f"`s_values` must be 1-D with at least 4 points, got shape {s.shape}.")
     loss = _evaluate(loss_fn, params, static, direction, s)
     if loss.shape != s.shape:
-        raise ValueError("`loss_fn` must return a scalar.")
-    return fit_normal_form_landscape(s, loss, normal_form, num_centres=num_centres)
+        raise ValueError(f"`loss_fn` must return a scalar, got shape {loss.shape[1:]}.")
+    return fit_normal_form_landscape(s, loss, normal_form, num_centres=num_centres, throw=throw)
 
 
 @eqx.filter_jit

@@ -1,8 +1,8 @@
-"""Bifurcation-channel / residual split of the sNTK (issue 5).
+"""Bifurcation-channel / residual split of the sNTK, and the restricted landscape.
 
-Compile budget: one problem shape per model family; μ is data (the model is a jit argument), so
-the three CTRNN distances share one compiled program. The split's algebra is checked densely from
-J materialised by forward-mode solves.
+Compile budget: one problem shape per model family; μ and the point are data (jit arguments), so
+the scalar cases (float64) share one compiled program, and the three CTRNN distances another. The
+split's algebra is checked densely from J materialised by forward-mode solves.
 """
 
 import diffrax as dfx
@@ -11,11 +11,14 @@ import jax
 import jax.flatten_util as jfu
 import jax.numpy as jnp
 import jax.random as jr
+import jax.tree_util as jtu
 import lineax as lx
 import numpy as np
 import pytest
 
 import diffrax_sntk as ds
+
+from .helpers import raises_check, small_problem
 
 MUS = (-0.5, -0.2, -0.05)
 
@@ -36,11 +39,17 @@ def _scalar_problem(dtype=jnp.float64):
     return ds.TrajectoryProblem(jnp.linspace(0.5, 10.0, 8, dtype=dtype), jnp.zeros((1, 1), dtype))
 
 
+_SCALAR_PROBLEM = _scalar_problem()
+
+
+@eqx.filter_jit
+def _scalar_run(model, x):
+    return ds.bifurcation_channels(model, _SCALAR_PROBLEM, x)
+
+
 @pytest.fixture(scope="module")
 def scalar_case():
-    problem = _scalar_problem()
-    run = eqx.filter_jit(lambda m, x: ds.bifurcation_channels(m, problem, x))
-    return problem, run(_scalar_model(-0.5), jnp.zeros(1))
+    return _SCALAR_PROBLEM, _scalar_run(_scalar_model(-0.5), jnp.zeros(1))
 
 
 def test_scalar_channel_is_everything(scalar_case):
@@ -76,6 +85,110 @@ def test_scalar_float32_smoke():
     assert abs(float(split.energy_fraction) - 1) < 1e-4
     assert float(split.profile_error) < 1e-3
     assert split.warnings == ()
+
+
+def test_result_groups_aliases_and_jit(scalar_case):
+    _, split = scalar_case
+    assert split.result == ds.RESULTS.successful and bool(split.successful)
+    assert isinstance(split.split, ds._channels.ChannelSplit)
+    # Every old flat field reads the same through its group.
+    assert split.energy_fraction is split.split.energy_fraction
+    assert split.restricted is split.split.restricted
+    assert split.critical_eigenvalue is split.mode.eigenvalue
+    assert split.effective_rank is split.diagnostics.effective_rank
+    assert split.dominant_overlap is split.diagnostics.dominant_overlap
+    np.testing.assert_allclose(float(split.split.channel_trace / split.split.trace),
+                               float(split.energy_fraction))
+    assert not bool(split.mode.is_complex)
+    # The result passes through jit as a pytree (operators included).
+    again = eqx.filter_jit(lambda s: s)(split)
+    assert again.result == ds.RESULTS.successful
+    np.testing.assert_array_equal(np.asarray(again.top_eigenvector),
+                                  np.asarray(split.top_eigenvector))
+
+
+def test_vmap_over_parameters_and_points(scalar_case):
+    # A μ sweep with one point per member; the second point is not an equilibrium of its
+    # model, so the batch carries one successful and one no_fixed_point result.
+    mus, xs = jnp.array([-0.5, -0.2]), jnp.array([[0.0], [0.3]])
+    models = ds.VectorField(_pitchfork, {"mu": mus, "b": jnp.zeros(2)})
+    batched = eqx.filter_jit(eqx.filter_vmap(
+        lambda m, x: ds.bifurcation_channels(m, _SCALAR_PROBLEM, x)
+    ))(models, xs)
+    assert batched.energy_fraction.shape == (2,)
+    np.testing.assert_array_equal(
+        np.asarray(batched.result._value),
+        [ds.RESULTS.successful._value, ds.RESULTS.no_fixed_point._value],
+    )
+    for i in range(2):
+        one = _scalar_run(_scalar_model(float(mus[i])), xs[i])
+        for name in ("energy_fraction", "top_eigenvalue", "effective_rank", "profile_error",
+                     "critical_eigenvalue", "fixed_point_residual"):
+            np.testing.assert_allclose(np.asarray(getattr(batched, name)[i]),
+                                       np.asarray(getattr(one, name)), rtol=1e-10, atol=1e-12)
+        assert bool(batched.successful[i]) == bool(one.successful)
+
+
+def test_fixed_points_without_convergence_is_a_result(scalar_case):
+    model = _scalar_model(-0.5)
+    # x² + 1 has no real root: nothing converges, and entry 0 must not be used silently.
+    fps = ds.find_fixed_points(lambda x, p: x**2 + p, 1.0, jnp.array([[0.5], [2.0]]),
+                               max_steps=4)
+    assert not bool(jnp.any(fps.converged))
+    run = eqx.filter_jit(lambda m, c, throw: ds.bifurcation_channels(m, _SCALAR_PROBLEM, c,
+                                                                      throw=throw))
+    split = run(model, fps, False)
+    assert split.result == ds.RESULTS.no_fixed_point
+    assert any("not a fixed point" in w for w in split.warnings)
+    with raises_check("No initial state converged"):
+        jax.block_until_ready(run(model, fps, True).energy_fraction)
+
+
+def test_nonfinite_point_fails_under_jit(scalar_case):
+    with raises_check("`critical` contains non-finite"):
+        jax.block_until_ready(_scalar_run(_scalar_model(-0.5), jnp.array([jnp.nan])).rank)
+
+
+class _Func(eqx.Module):
+    """The usual diffrax neural ODE: an MLP with a jitted activation (softplus)."""
+
+    mlp: eqx.nn.MLP
+
+    def __call__(self, t, y, args):
+        return -y + 0.5 * self.mlp(y)
+
+
+def test_neural_ode_module_from_fixed_point():
+    problem = small_problem(with_inputs=False)
+    n = problem.state_size
+    func = _Func(eqx.nn.MLP(n, n, 8, 1, activation=jax.nn.softplus, key=jr.PRNGKey(0)))
+
+    @eqx.filter_jit
+    def run(func, x0s):
+        fps = ds.find_fixed_points(lambda x, f: f(0.0, x, None), func, x0s)
+        return fps, ds.bifurcation_channels(func, problem, fps)
+
+    fps, split = run(func, jr.normal(jr.PRNGKey(3), (2, n)))
+    assert bool(jnp.any(fps.converged))
+    assert split.result == ds.RESULTS.successful
+    assert float(split.fixed_point_residual) < 1e-9
+    # The mode is the model's own leading eigenpair at x*.
+    x = split.state
+    A = np.asarray(jax.jacfwd(lambda y: func(0.0, y, None))(x))
+    lam = np.linalg.eigvals(A)
+    assert abs(complex(split.critical_eigenvalue) - lam[np.argmax(lam.real)]) < 1e-10
+    v, w = np.asarray(split.right_eigenvector), np.asarray(split.left_eigenvector)
+    assert abs(w @ v - 1) < 1e-10
+    # g_f = (∂f/∂θ)ᵀ w, in the MLP's own parameter structure.
+    params, static = eqx.partition(func, eqx.is_inexact_array)
+    _, pull = jax.vjp(lambda p: eqx.combine(p, static)(0.0, x, None), params)
+    expected = jfu.ravel_pytree(pull(jnp.asarray(w.real))[0])[0]
+    got = jfu.ravel_pytree(jtu.tree_map(lambda a: a[0], split.forcing_direction))[0]
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-12)
+    assert 0 < float(split.energy_fraction) <= 1 + 1e-12
+    assert float(split.top_eigenvalue) <= float(split.split.trace) * (1 + 1e-12)
+    assert 1 <= float(split.effective_rank) <= problem.batch_size * problem.num_times * n
+    assert jtu.tree_structure(split.dominant_direction) == jtu.tree_structure(params)
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,6 +381,35 @@ def test_landscape_fit_recovers_normal_form(form):
     # cubics, centred at the inflection point or at a critical point: R² cannot separate them.)
     other = "fold" if form == "pitchfork" else "pitchfork"
     assert float(ds.fit_normal_form_landscape(s, land.loss, other).r_squared) < 0.999
+
+
+def test_landscape_result_float32_and_vmap():
+    s = jnp.linspace(-1.0, 1.0, 11, dtype=jnp.float32)
+    quartic = 1.0 + 2.0 * (-0.3 * s**2 / 2 + s**4 / 4)
+    land = ds.fit_normal_form_landscape(s, quartic, "pitchfork", num_centres=21)
+    assert land.r_squared.dtype == jnp.float32
+    assert land.result == ds.RESULTS.successful and bool(land.successful)
+    assert abs(float(land.unfolding) - 0.3) < 1e-3 and float(land.r_squared) > 1 - 1e-4
+    # Failures are results, with the undefined values NaN (not R² = 1, not μ = c/tiny).
+    bad = ds.fit_normal_form_landscape(s, quartic.at[3].set(jnp.nan), num_centres=21)
+    assert bad.result == ds.RESULTS.nonfinite
+    flat = ds.fit_normal_form_landscape(s, jnp.ones_like(s), num_centres=21)
+    assert flat.result == ds.RESULTS.nonfinite and np.isnan(float(flat.r_squared))
+    with raises_check("Nonfinite"):
+        jax.block_until_ready(
+            ds.fit_normal_form_landscape(s, jnp.ones_like(s), num_centres=21, throw=True).scale
+        )
+    with raises_check("`s_values` contains non-finite"):
+        jax.block_until_ready(
+            ds.fit_normal_form_landscape(s.at[0].set(jnp.inf), quartic, num_centres=21).scale
+        )
+    # Jittable and vmappable over landscapes; each member equals its own fit.
+    losses = jnp.stack([quartic, quartic.at[3].set(jnp.nan)])
+    batched = eqx.filter_jit(eqx.filter_vmap(
+        lambda y: ds.fit_normal_form_landscape(s, y, num_centres=21)
+    ))(losses)
+    np.testing.assert_array_equal(np.asarray(batched.successful), [True, False])
+    np.testing.assert_allclose(float(batched.unfolding[0]), float(land.unfolding), rtol=1e-5)
 
 
 def test_validation(scalar_case):
