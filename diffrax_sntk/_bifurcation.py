@@ -1,5 +1,12 @@
-"""Pseudo-arclength continuation with detection, localisation and classification of
-codimension-one bifurcations of equilibria (fold, transcritical, pitchfork, Hopf)."""
+"""Pseudo-arclength continuation of equilibria with detection, localisation and classification of
+codimension-one bifurcations (fold, transcritical, pitchfork, Hopf).
+
+The continuation is one compiled program: a `lax.while_loop` stepper writes a padded branch
+buffer with a valid length, per-point eigenvalue signatures and a per-step event mask; a
+post-pass over the flagged steps (a fixed number of event slots) localises each event by
+regula falsi on its test function and computes the normal-form coefficients. So `continuation`
+runs under `jax.jit` and `jax.vmap`, and eagerly it compiles once per vector field.
+"""
 
 from collections.abc import Callable
 from typing import Any
@@ -7,24 +14,38 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.tree_util as jtu
 import lineax as lx
 import numpy as np
-from jaxtyping import Array, ArrayLike, Bool, Complex, Float, Shaped
+import optimistix as optx
+from jaxtyping import Array, ArrayLike, Bool, Complex, Float, Int, PyTree, Shaped
 
-from ._fixed_points import (
+from ._misc import (
+    RESULTS,
     check_vector_field,
+    default_symmetry_tol,
     default_tol,
-    newton_root,
+    eigen_signature,
+    error_if_nonfinite,
+    error_if_not,
+    real_mask,
+    result_where,
     spectrum_of_matrix,
 )
 from ._normal_forms import (
     AbstractNormalForm,
-    compute_normal_form,
-    default_symmetry_tol,
-    make_family,
+    BranchPointNormalForm,
+    FoldNormalForm,
+    HopfNormalForm,
+    hopf_coefficients,
+    zero_eigenvalue_coefficients,
 )
 
 KINDS = ("fold", "transcritical", "pitchfork", "hopf")
+_FOLD, _TRANSCRITICAL, _PITCHFORK, _HOPF = range(4)
+# Stepper modes: correct the initial point at fixed `p0`, take arclength steps, land on the
+# boundary of the parameter range, localise the queued events. Each is one Newton solve.
+_INIT, _STEP, _LAND, _LOCATE = range(4)
 
 
 class Bifurcation(eqx.Module):
@@ -45,6 +66,8 @@ class Bifurcation(eqx.Module):
     - `located`: the localisation met its tolerance.
     - `branch`: which tracked equilibrium branch (tracking), `0` for a continuation.
     - `index`: the step of the branch after which the bifurcation lies.
+    - `result`: `RESULTS.successful`, `RESULTS.localisation_failed` (the parameter value is
+        approximate), or `RESULTS.singular_linear_solve` (non-finite normal-form coefficients).
     """
 
     kind: str = eqx.field(static=True)
@@ -58,6 +81,7 @@ class Bifurcation(eqx.Module):
     located: bool = eqx.field(static=True)
     branch: int = eqx.field(static=True, default=0)
     index: int = eqx.field(static=True, default=0)
+    result: RESULTS = eqx.field(default_factory=lambda: RESULTS.successful)
 
     @property
     def convention(self) -> str:
@@ -68,315 +92,169 @@ class Bifurcation(eqx.Module):
         return self.normal_form.criticality
 
 
+class BifurcationEvents(eqx.Module):
+    """The bifurcations of a branch as padded arrays (leading axis: `max_bifurcations` slots),
+    what `continuation` returns under `jit`/`vmap`; `Branch.bifurcations` builds `Bifurcation`s
+    from it eagerly.
+
+    **Fields:** `valid` (a slot holds an event inside the parameter range), `index` (the step
+    after which it lies), `kind` (index into `("fold", "transcritical", "pitchfork", "hopf")`),
+    `parameter`, `state`, `eigenvalues` (`(λ, λ̄)`; the second entry is meaningless for a zero
+    eigenvalue), `right_eigenvector`, `left_eigenvector`, the coefficients `a, b1, b2, b3`
+    (zero eigenvalue) and `omega, c1, transversality` (Hopf), `direction`, `located`, `result`
+    per slot (`RESULTS.not_a_bifurcation` marks a spurious event: a test function changed but the
+    critical eigenvalue is not of the expected type) and `num_detected` (events flagged along
+    the branch; more than the number of slots means some were not stored).
+    """
+
+    valid: Bool[Array, " events"]
+    index: Int[Array, " events"]
+    kind: Int[Array, " events"]
+    parameter: Float[Array, " events"]
+    state: Float[Array, "events state"]
+    eigenvalues: Complex[Array, "events 2"]
+    right_eigenvector: Complex[Array, "events state"]
+    left_eigenvector: Complex[Array, "events state"]
+    a: Float[Array, " events"]
+    b1: Float[Array, " events"]
+    b2: Float[Array, " events"]
+    b3: Float[Array, " events"]
+    omega: Float[Array, " events"]
+    c1: Complex[Array, " events"]
+    transversality: Float[Array, " events"]
+    direction: Int[Array, " events"]
+    located: Bool[Array, " events"]
+    result: RESULTS
+    num_detected: Int[Array, ""]
+
+
+def _host_length(length) -> int | None:
+    """The valid length as a Python int, or `None` when it is traced or batched."""
+    if isinstance(length, jax.core.Tracer) or jnp.ndim(length) != 0:
+        return None
+    return int(length)
+
+
 class Branch(eqx.Module):
     """A branch of equilibria from `continuation`.
 
-    **Fields:** `parameters (S,)`, `states (S, N)`, `eigenvalues (S, N)` (sorted by decreasing real
-    part), `stable (S,)`, `bifurcations` (tuple of `Bifurcation`, in order along the branch),
-    `status` (`"completed"`: reached `p1`; `"left_range"`: turned back and left through `p0`;
-    `"max_steps"`; `"step_size_too_small"`; `"initial_point_not_converged"`) and `num_steps`.
+    The buffers have `max_steps + 1` rows, of which the first `length` are the branch; eagerly,
+    `parameters (S,)`, `states (S, N)`, `eigenvalues (S, N)` (sorted by decreasing real part),
+    `stable (S,)` and `signatures (S, 4)` give the valid part and `bifurcations` a tuple of
+    `Bifurcation` (in order along the branch). Under `jit`/`vmap` read the `*_buffer` fields,
+    `length` and `events` (a `BifurcationEvents`).
+
+    `result` is `RESULTS.successful` when the branch reached an end of the parameter range,
+    `RESULTS.continuation_max_steps`, `RESULTS.continuation_step_too_small`, or
+    `RESULTS.no_fixed_point` (the initial point did not converge). `left_range` says that the
+    branch turned back and left through `p0`. `status` gives the same as a string
+    (`"completed"`, `"left_range"`, `"max_steps"`, `"step_size_too_small"`,
+    `"initial_point_not_converged"`); `successful` means `"completed"`.
     """
 
-    parameters: Float[Array, " steps"]
-    states: Float[Array, "steps state"]
-    eigenvalues: Complex[Array, "steps state"]
-    stable: Bool[Array, " steps"]
-    bifurcations: tuple[Bifurcation, ...]
-    status: str = eqx.field(static=True)
-    num_steps: int = eqx.field(static=True)
+    parameter_buffer: Float[Array, " buffer"]
+    state_buffer: Float[Array, "buffer state"]
+    eigenvalue_buffer: Complex[Array, "buffer state"]
+    signature_buffer: Int[Array, "buffer 4"]
+    event_mask: Bool[Array, "buffer 2"]
+    length: Int[Array, ""]
+    events: BifurcationEvents
+    result: RESULTS
+    left_range: Bool[Array, ""]
+
+    def _valid(self, buffer):
+        n = _host_length(self.length)
+        return buffer if n is None else buffer[:n]
+
+    @property
+    def parameters(self) -> Float[Array, " steps"]:
+        return self._valid(self.parameter_buffer)
+
+    @property
+    def states(self) -> Float[Array, "steps state"]:
+        return self._valid(self.state_buffer)
+
+    @property
+    def eigenvalues(self) -> Complex[Array, "steps state"]:
+        return self._valid(self.eigenvalue_buffer)
+
+    @property
+    def signatures(self) -> Int[Array, "steps 4"]:
+        return self._valid(self.signature_buffer)
+
+    @property
+    def stable(self) -> Bool[Array, " steps"]:
+        return jnp.all(self.eigenvalues.real < 0, axis=-1)
+
+    @property
+    def num_steps(self) -> int:
+        n = _host_length(self.length)
+        if n is None:
+            raise TypeError("`Branch.num_steps` needs a concrete branch; read `length` under jit")
+        return n
+
+    @property
+    def status(self) -> str:
+        if self.result == RESULTS.successful:
+            return "left_range" if bool(self.left_range) else "completed"
+        for code, name in (
+            (RESULTS.continuation_max_steps, "max_steps"),
+            (RESULTS.continuation_step_too_small, "step_size_too_small"),
+            (RESULTS.no_fixed_point, "initial_point_not_converged"),
+        ):
+            if self.result == code:
+                return name
+        return RESULTS[self.result]
 
     @property
     def successful(self) -> bool:
         return self.status == "completed"
 
+    @property
+    def bifurcations(self) -> tuple[Bifurcation, ...]:
+        return bifurcations_from_events(self.events, self.state_buffer.dtype)
 
-# ------------------------------------------------------------------------------------------------
-# Jitted kernels. `family(x, s, args)` is static (hashed by identity), `args` traced, so every
-# continuation and every tracked segment with the same vector field shares these compilations.
-
-
-@eqx.filter_jit
-def _analyse(family, args, y, tau_prev):
-    """Unit tangent of the branch at `y = (x, s)` (oriented along `tau_prev`) and the spectrum."""
-    x, s = y[:-1], y[-1]
-    fx = jax.jacfwd(lambda z: family(z, s, args))(x)
-    fs = jax.jvp(lambda t: family(x, t, args), (s,), (jnp.ones_like(s),))[1]
-    m = jnp.concatenate([jnp.concatenate([fx, fs[:, None]], axis=1), tau_prev[None, :]], axis=0)
-    rhs = jnp.zeros_like(y).at[-1].set(1)
-    # [[f_x, f_s], [τ_prevᵀ]] t = e: t spans the kernel of [f_x, f_s] with τ_prevᵀ t = 1 > 0.
-    t = lx.linear_solve(lx.MatrixLinearOperator(m), rhs, throw=False).value
-    t = t / jnp.linalg.norm(t)
-    return t, spectrum_of_matrix(fx)
-
-
-@eqx.filter_jit
-def _step(family, args, y, tau, h, rtol, atol, max_steps):
-    """Pseudo-arclength predictor-corrector: solve f(x, s) = 0, τᵀ(y - y - hτ) = 0."""
-    y_pred = y + h * tau
-
-    def fn(z, a):
-        return jnp.concatenate([family(z[:-1], z[-1], a), (tau @ (z - y_pred))[None]])
-
-    y_new, ok, nsteps = newton_root(fn, y_pred, args, rtol, atol, max_steps)
-    tau_new, spec = _analyse(family, args, jnp.where(ok, y_new, y), tau)
-    return y_new, ok, nsteps, tau_new, spec
-
-
-def _host_step(family, args, y, tau, h, opts):
-    """`_step` on numpy inputs/outputs (host bookkeeping in numpy avoids eager-op compiles)."""
-    dtype = y.dtype
-    out = _step(
-        family, args, y, tau, np.asarray(h, dtype), opts.rtol, opts.atol, opts.newton_max_steps
-    )
-    y_new, ok, nsteps, tau_new, spec = jax.device_get(out)
-    return np.asarray(y_new), bool(ok), int(nsteps), np.asarray(tau_new), spec
+    @property
+    def num_spurious_events(self) -> int:
+        """Events whose critical eigenvalue was not of the expected type (not in
+        `bifurcations`; their slots have `RESULTS.not_a_bifurcation`)."""
+        ev = self.events
+        return int(np.sum(np.asarray(ev.valid) & np.asarray(ev.result == RESULTS.not_a_bifurcation)))
 
 
 # ------------------------------------------------------------------------------------------------
-# Host-side test functions on a spectrum.
-
-
-def _real_mask(ev: np.ndarray) -> np.ndarray:
-    scale = max(1.0, float(np.max(np.abs(ev))))
-    return np.abs(ev.imag) <= 1e3 * np.finfo(ev.real.dtype).eps * scale
-
-
-def _signature(ev: np.ndarray) -> tuple[int, int, int, int]:
-    """(sign of det A, # unstable eigenvalues, # complex unstable, # complex)."""
-    real = _real_mask(ev)
-    det_sign = int(np.prod(np.sign(ev.real[real]))) if real.any() else 1
-    unstable = ev.real > 0
-    return det_sign, int(np.sum(unstable)), int(np.sum(unstable & ~real)), int(np.sum(~real))
-
-
-def _psi_real(ev: np.ndarray) -> float:
-    real = _real_mask(ev)
-    if not real.any():
-        return np.nan
-    r = ev.real[real]
-    return float(r[np.argmin(np.abs(r))])
-
-
-def _psi_hopf(ev: np.ndarray) -> float:
-    cplx = ~_real_mask(ev)
-    if not cplx.any():
-        return np.nan
-    r = ev.real[cplx]
-    return float(r[np.argmin(np.abs(r))])
+# One problem object: the one-parameter family, its traced arguments and the options.
 
 
 class _Options(eqx.Module):
-    rtol: float
-    atol: float
-    newton_max_steps: int
-    parameter_tol: float
-    symmetry_tol: float
+    rtol: float = eqx.field(static=True)
+    atol: float = eqx.field(static=True)
+    newton_max_steps: int = eqx.field(static=True)
+    parameter_tol: float = eqx.field(static=True)
+    symmetry_tol: float = eqx.field(static=True)
 
 
-def _localise(family, args, y, tau, h, psi, f0, f1, opts):
-    """Illinois regula falsi on `psi` along the predictor-corrector arc `h' ∈ [0, h]` from `y`."""
-    lo, hi, flo, fhi = 0.0, float(h), f0, f1
-    side = 0
-    best = None
-    located = False
-    for it in range(100):
-        if it % 4 == 3 or not np.isfinite(flo) or not np.isfinite(fhi) or fhi == flo:
-            c = 0.5 * (lo + hi)
-        else:
-            c = (lo * fhi - hi * flo) / (fhi - flo)
-            if not lo < c < hi:
-                c = 0.5 * (lo + hi)
-        out = _host_step(family, args, y, tau, c, opts)
-        if not out[1]:
-            # The corrector failed inside a bracket it already crossed: shrink by bisection.
-            hi, fhi = c, fhi
-            continue
-        fc = psi(np.asarray(out[4].eigenvalues))
-        best = (c, out)
-        if fc == 0:
-            located = True
-            break
-        if np.sign(fc) == np.sign(fhi):
-            hi, fhi = c, fc
-            if side == -1:
-                flo /= 2
-            side = -1
-        else:
-            lo, flo = c, fc
-            if side == 1:
-                fhi /= 2
-            side = 1
-        if hi - lo <= opts.parameter_tol:
-            located = True
-            break
-    return best, located
+class _ScalarFamily(eqx.Module):
+    """`x, s, args -> vector_field(x, s[, args])`: the parameter itself is the family's `s`."""
+
+    vector_field: Callable
+    with_args: bool = eqx.field(static=True)
+
+    def __call__(self, x, s, args):
+        if self.with_args:
+            return self.vector_field(x, s, args)
+        return self.vector_field(x, s)
 
 
-def _events(ev0: np.ndarray, ev1: np.ndarray) -> list[str]:
-    d0, n0, c0, m0 = _signature(ev0)
-    d1, n1, c1, m1 = _signature(ev1)
-    out = []
-    # det f_x changes sign iff an odd number of real eigenvalues crossed zero (complex pairs
-    # contribute |λ|² > 0), which is robust to real pairs colliding into complex ones.
-    if d0 != d1:
-        out.append("real")
-        if c0 != c1 and m0 == m1:
-            out.append("hopf")
-    elif n0 != n1:
-        out.append("hopf")
-    return out
+class ContinuationProblem(eqx.Module):
+    """`family(x, s, args)`, a one-parameter family of vector fields; `args` are traced."""
 
+    family: Callable
+    args: PyTree
+    opts: _Options
 
-def _classify(family, args, y, tau0, tau1, spec, event, opts):
-    x, s = np.asarray(y[:-1]), np.asarray(y[-1])
-    if event == "hopf":
-        kind = "hopf"
-    elif np.sign(float(tau0[-1])) != np.sign(float(tau1[-1])):
-        kind = "fold"
-    else:
-        kind = "branch_point"
-    return compute_normal_form(
-        family,
-        args,
-        x,
-        s,
-        spec.eigenvalues,
-        spec.right_eigenvectors,
-        spec.left_eigenvectors,
-        kind,
-        opts.symmetry_tol,
-    )
-
-
-def _detect(family, args, y0, tau0, spec0, y1, tau1, spec1, h, opts, lo, hi, index):
-    """Bifurcations between two accepted consecutive points (within parameter range [lo, hi])."""
-    found = []
-    ev0 = np.asarray(spec0.eigenvalues)
-    ev1 = np.asarray(spec1.eigenvalues)
-    for event in _events(ev0, ev1):
-        psi = _psi_real if event == "real" else _psi_hopf
-        f0, f1 = psi(ev0), psi(ev1)
-        if np.isfinite(f0) and np.isfinite(f1) and np.sign(f0) != np.sign(f1):
-            best, located = _localise(family, args, y0, tau0, h, psi, f0, f1, opts)
-        else:
-            best, located = None, False
-        if best is None:
-            # Could not bracket the test function: report at the far end, flagged unlocated.
-            yb, spec_b = y1, spec1
-        else:
-            yb, spec_b = best[1][0], best[1][4]
-        s = float(yb[-1])
-        if not lo - opts.parameter_tol <= s <= hi + opts.parameter_tol:
-            continue
-        try:
-            kind, nf, lam, q, w = _classify(
-                family, args, np.asarray(yb), tau0, tau1, spec_b, event, opts
-            )
-        except ValueError:
-            # The critical eigenvalue is not of the expected type: a spurious event.
-            continue
-        direction = 1 if f1 > f0 or (not np.isfinite(f0 - f1) and event == "hopf") else -1
-        found.append(
-            dict(
-                kind=kind,
-                s=s,
-                state=np.asarray(yb[:-1]),
-                eigenvalues=jnp.asarray(lam),
-                right=jnp.asarray(q),
-                left=jnp.asarray(w),
-                normal_form=nf,
-                direction=direction,
-                located=located,
-                index=index,
-            )
-        )
-    return found
-
-
-def continue_family(
-    family,
-    args,
-    x0,
-    s0: float,
-    s1: float,
-    *,
-    step_size: float | None,
-    max_step_size: float | None,
-    min_step_size: float | None,
-    max_steps: int,
-    detect: bool,
-    opts: _Options,
-):
-    """Host driver of the pseudo-arclength continuation (Python loop around jitted kernels: the
-    adaptive step control and event handling are data dependent). Returns a dict of results."""
-    dtype = x0.dtype
-    span = abs(s1 - s0)
-    sign = 1.0 if s1 > s0 else -1.0
-    lo, hi = min(s0, s1), max(s0, s1)
-    h = span / 50 if step_size is None else float(step_size)
-    h_max = span / 10 if max_step_size is None else float(max_step_size)
-    h_min = 1e-8 * span if min_step_size is None else float(min_step_size)
-    n = x0.shape[0]
-
-    e_last = np.zeros((n + 1,), dtype)
-    e_last[-1] = 1
-
-    def solve_at(x, s):
-        # Newton at fixed s is the arclength corrector with τ = e_s and h = 0; reusing `_step`
-        # keeps to one compilation per vector field. Returns (y, ok, spectrum).
-        y = np.concatenate([np.asarray(x, dtype), np.asarray([s], dtype)])
-        y, ok, _, _, spec = _host_step(family, args, y, e_last, 0.0, opts)
-        return y, ok, spec
-
-    y, ok, spec = solve_at(x0, s0)
-    result: dict[str, Any] = dict(ys=[], evs=[], found=[], status="initial_point_not_converged")
-    if not bool(ok):
-        result["ys"] = [np.concatenate([np.asarray(x0), [s0]])]
-        result["evs"] = [np.full((n,), np.nan + 0j)]
-        return result
-    tau_guess = sign * e_last
-    _, _, _, tau, spec = _host_step(family, args, y, tau_guess, 0.0, opts)
-    ys, evs, found = [np.asarray(y)], [np.asarray(spec.eigenvalues)], []
-    status = "max_steps"
-    for _ in range(max_steps):
-        y_new, ok, nsteps, tau_new, spec_new = _host_step(family, args, y, tau, h, opts)
-        accept = (
-            ok
-            and float(np.linalg.norm(y_new - (y + h * tau))) <= 0.5 * h
-            and float(tau_new @ tau) >= 0.9
-        )
-        if not accept:
-            h *= 0.5
-            if h < h_min:
-                status = "step_size_too_small"
-                break
-            continue
-        s_new = float(y_new[-1])
-        if detect:
-            found += _detect(
-                family, args, y, tau, spec, y_new, tau_new, spec_new, h, opts, lo, hi, len(ys) - 1
-            )
-        if lo <= s_new <= hi:
-            y, tau, spec = y_new, tau_new, spec_new
-            ys.append(np.asarray(y))
-            evs.append(np.asarray(spec.eigenvalues))
-            if nsteps <= 3:
-                h = min(1.5 * h, h_max)
-            continue
-        # Left [lo, hi]: finish on the boundary that was crossed.
-        beyond_end = (sign > 0 and s_new > hi) or (sign < 0 and s_new < lo)
-        boundary = s1 if beyond_end else s0
-        status = "completed" if boundary == s1 else "left_range"
-        s_prev = float(y[-1])
-        frac = (boundary - s_prev) / (s_new - s_prev) if s_new != s_prev else 1.0
-        x_guess = y[:-1] + frac * (y_new[:-1] - y[:-1])
-        yb, okb, spec_b = solve_at(x_guess, boundary)
-        if okb:
-            ys.append(np.asarray(yb))
-            evs.append(np.asarray(spec_b.eigenvalues))
-        break
-    result.update(ys=ys, evs=evs, found=found, status=status)
-    return result
+    def f(self, x, s):
+        return self.family(x, s, self.args)
 
 
 def make_options(dtype, rtol, atol, newton_max_steps, parameter_tol, symmetry_tol) -> _Options:
@@ -391,20 +269,471 @@ def make_options(dtype, rtol, atol, newton_max_steps, parameter_tol, symmetry_to
     )
 
 
-def make_bifurcation(d: dict, parameter, branch: int = 0) -> Bifurcation:
-    return Bifurcation(
-        kind=d["kind"],
-        parameter=jnp.asarray(parameter),
-        state=d["state"],
-        eigenvalues=d["eigenvalues"],
-        right_eigenvector=d["right"],
-        left_eigenvector=d["left"],
-        normal_form=d["normal_form"],
-        direction=d["direction"],
-        located=d["located"],
-        branch=branch,
-        index=d["index"],
+# ------------------------------------------------------------------------------------------------
+# Kernels shared by the stepper, the localisation and the tracking scan.
+
+
+def newton(fn, y0, args, opts: _Options):
+    """optimistix Newton without raising; returns `(y, result, num_steps)` with the optimistix
+    result promoted and non-finite iterates reported as `nonlinear_divergence`."""
+    sol = optx.root_find(
+        fn,
+        optx.Newton(rtol=opts.rtol, atol=opts.atol),
+        y0,
+        args=args,
+        max_steps=opts.newton_max_steps,
+        throw=False,
     )
+    result = RESULTS.promote(sol.result)
+    result = result_where(~jnp.all(jnp.isfinite(sol.value)), RESULTS.nonlinear_divergence, result)
+    return sol.value, result, sol.stats["num_steps"]
+
+
+def _correct(problem: ContinuationProblem, anchor, normal):
+    """Newton on `f(x, s) = 0, normalᵀ(z − anchor) = 0` from `anchor`: the pseudo-arclength
+    corrector (`normal = τ`, `anchor = y + hτ`), or a solve at fixed `s` (`normal = e_s`)."""
+
+    def fn(z, args):
+        res = problem.family(z[:-1], z[-1], args)
+        return jnp.concatenate([res, (normal @ (z - anchor))[None]])
+
+    return newton(fn, anchor, problem.args, problem.opts)
+
+
+def _sorted_eigenvalues(A):
+    vals = jnp.linalg.eigvals(A)
+    return vals[jnp.lexsort((-vals.imag, -vals.real))]
+
+
+def _analyse(problem: ContinuationProblem, z, tau_prev):
+    """Unit tangent of the branch at `z = (x, s)` (oriented along `tau_prev`), the sorted
+    eigenvalues of `f_x`, and the result of the tangent solve."""
+    x, s = z[:-1], z[-1]
+    fx = jax.jacfwd(lambda y: problem.f(y, s))(x)
+    fs = jax.jvp(lambda t: problem.f(x, t), (s,), (jnp.ones_like(s),))[1]
+    m = jnp.concatenate([jnp.concatenate([fx, fs[:, None]], axis=1), tau_prev[None, :]], axis=0)
+    rhs = jnp.zeros_like(z).at[-1].set(1)
+    # [[f_x, f_s], [τ_prevᵀ]] t = e: t spans the kernel of [f_x, f_s] with τ_prevᵀ t = 1 > 0.
+    sol = lx.linear_solve(lx.MatrixLinearOperator(m), rhs, throw=False)
+    t = sol.value / jnp.linalg.norm(sol.value)
+    result = RESULTS.promote(sol.result)
+    result = result_where(~jnp.all(jnp.isfinite(t)), RESULTS.singular_linear_solve, result)
+    return t, _sorted_eigenvalues(fx), result
+
+
+def _psi(ev, hopf):
+    """Test function: the real part of the real (`hopf=False`) or complex (`hopf=True`)
+    eigenvalue nearest the imaginary axis; NaN when there is none."""
+    real = real_mask(ev)
+    cand = jnp.where(hopf, ~real, real)
+    i = jnp.argmin(jnp.where(cand, jnp.abs(ev.real), jnp.inf))
+    return jnp.where(jnp.any(cand), ev.real[i], jnp.nan)
+
+
+# ------------------------------------------------------------------------------------------------
+# The stepper: one `lax.while_loop` whose every iteration is one corrector solve and one spectral
+# analysis. The mode decides what is solved: the initial point at fixed `p0`, an arclength step,
+# the landing on the end of the range, or one regula-falsi iteration localising a queued event
+# (so localisation runs on the same compiled kernel as the steps).
+
+
+def _signature_change(ev0, ev1):
+    """`(real, hopf)`: a real eigenvalue or a complex pair crossed the imaginary axis."""
+    d0, n0, c0, m0 = eigen_signature(ev0)
+    d1, n1, c1, m1 = eigen_signature(ev1)
+    # det f_x changes sign iff an odd number of real eigenvalues crossed zero (complex pairs
+    # contribute |λ|² > 0), which is robust to real pairs colliding into complex ones.
+    real = d0 != d1
+    hopf = ((d0 != d1) & (c0 != c1) & (m0 == m1)) | ((d0 == d1) & (n0 != n1))
+    return real, hopf
+
+
+class _State(eqx.Module):
+    mode: Int[Array, ""]
+    y: Float[Array, " n1"]
+    tau: Float[Array, " n1"]
+    h: Float[Array, ""]
+    anchor: Float[Array, " n1"]
+    num_iter: Int[Array, ""]
+    length: Int[Array, ""]
+    num_records: Int[Array, ""]
+    done: Bool[Array, ""]
+    result: RESULTS
+    left_range: Bool[Array, ""]
+    # Accepted points.
+    ys: Float[Array, "buffer n1"]
+    taus: Float[Array, "buffer n1"]
+    evs: Complex[Array, "buffer n"]
+    # One record per accepted step from point j (the last one may leave the range).
+    rec_h: Float[Array, " buffer"]
+    rec_y1: Float[Array, "buffer n1"]
+    rec_tau1: Float[Array, " buffer"]
+    rec_ev1: Complex[Array, "buffer n"]
+    # Queue of detected events (step, type) and their localisation.
+    num_detected: Int[Array, ""]
+    q_step: Int[Array, " events"]
+    q_hopf: Bool[Array, " events"]
+    q_best: Float[Array, "events n1"]
+    q_found: Bool[Array, " events"]
+    q_located: Bool[Array, " events"]
+    # Regula falsi on the current slot, along h' ∈ [lo, hi] of the corrector arc of its step.
+    slot: Int[Array, ""]
+    lo: Float[Array, ""]
+    hi: Float[Array, ""]
+    flo: Float[Array, ""]
+    fhi: Float[Array, ""]
+    side: Int[Array, ""]
+    it: Int[Array, ""]
+    bracket: Bool[Array, ""]
+
+
+def _put(buf, idx, val, when):
+    return buf.at[idx].set(jnp.where(when, val, buf[idx]))
+
+
+def _step_loop(problem, x0, s0, s1, h0, h_max, h_min, max_steps, detect, max_events):
+    dtype = x0.dtype
+    n = x0.shape[0]
+    size = max_steps + 1
+    cdtype = jnp.result_type(dtype, jnp.complex64)
+    ptol = problem.opts.parameter_tol
+    e_s = jnp.zeros((n + 1,), dtype).at[-1].set(1)
+    sign = jnp.where(s1 > s0, 1.0, -1.0).astype(dtype)
+    lo_s, hi_s = jnp.minimum(s0, s1), jnp.maximum(s0, s1)
+    y_start = jnp.concatenate([x0, s0[None]])
+    zero = jnp.zeros((), dtype)
+    izero = jnp.array(0, jnp.int32)
+
+    init = _State(
+        mode=jnp.array(_INIT), y=y_start, tau=sign * e_s, h=h0, anchor=y_start, num_iter=izero,
+        length=izero, num_records=izero, done=jnp.array(False), result=RESULTS.successful,
+        left_range=jnp.array(False),
+        ys=jnp.zeros((size, n + 1), dtype), taus=jnp.zeros((size, n + 1), dtype),
+        evs=jnp.full((size, n), jnp.nan, cdtype), rec_h=jnp.zeros((size,), dtype),
+        rec_y1=jnp.zeros((size, n + 1), dtype), rec_tau1=jnp.zeros((size,), dtype),
+        rec_ev1=jnp.full((size, n), jnp.nan, cdtype),
+        num_detected=izero, q_step=jnp.zeros((max_events,), izero.dtype),
+        q_hopf=jnp.zeros((max_events,), bool), q_best=jnp.zeros((max_events, n + 1), dtype),
+        q_found=jnp.zeros((max_events,), bool), q_located=jnp.zeros((max_events,), bool),
+        slot=izero, lo=zero, hi=zero, flo=zero, fhi=zero, side=izero, it=izero,
+        bracket=jnp.array(False),
+    )
+
+    def body(st):
+        is_init, is_step = st.mode == _INIT, st.mode == _STEP
+        is_land, is_loc = st.mode == _LAND, st.mode == _LOCATE
+        # The current localisation slot: its step's base point and tangent, next trial h'.
+        e = jnp.minimum(st.slot, max_events - 1)
+        jl, hopf_l = st.q_step[e], st.q_hopf[e]
+        y_l, tau_l = st.ys[jl], st.taus[jl]
+        lo, hi, flo, fhi = st.lo, st.hi, st.flo, st.fhi
+        sec = (lo * fhi - hi * flo) / jnp.where(fhi == flo, 1, fhi - flo)
+        bisect = (st.it % 4 == 3) | ~jnp.isfinite(flo) | ~jnp.isfinite(fhi) | (fhi == flo)
+        c = jnp.where(bisect | ~((lo < sec) & (sec < hi)), 0.5 * (lo + hi), sec)
+
+        y_pred = st.y + st.h * st.tau
+        anchor = jnp.where(is_step, y_pred, jnp.where(is_loc, y_l + c * tau_l, st.anchor))
+        normal = jnp.where(is_step, st.tau, jnp.where(is_loc, tau_l, e_s))
+        tau_prev = jnp.where(is_loc, tau_l, st.tau)
+        z, res, nsteps = _correct(problem, anchor, normal)
+        ok = res == RESULTS.successful
+        z_safe = jnp.where(ok, z, jnp.where(is_loc, y_l, st.y))
+        tau_new, ev_new, res_t = _analyse(problem, z_safe, tau_prev)
+        tangent_ok = res_t == RESULTS.successful
+        s_new = z[-1]
+
+        # Arclength step: accept, or halve the step.
+        accept = (
+            ok & tangent_ok
+            & (jnp.linalg.norm(z - y_pred) <= 0.5 * st.h)
+            & (tau_new @ st.tau >= 0.9)
+        )
+        in_range = (lo_s <= s_new) & (s_new <= hi_s)
+        h_half = 0.5 * st.h
+        too_small = is_step & ~accept & (h_half < h_min)
+        grow = jnp.where(nsteps <= 3, jnp.minimum(1.5 * st.h, h_max), st.h)
+        # Leaving [lo, hi]: land on the boundary that was crossed, by a solve at fixed s.
+        beyond_end = jnp.where(sign > 0, s_new > hi_s, s_new < lo_s)
+        boundary = jnp.where(beyond_end, s1, s0)
+        s_prev = st.y[-1]
+        ds = s_new - s_prev
+        frac = jnp.where(ds != 0, (boundary - s_prev) / jnp.where(ds != 0, ds, 1), 1.0)
+        land_anchor = jnp.concatenate([st.y[:-1] + frac * (z[:-1] - st.y[:-1]), boundary[None]])
+
+        record = is_step & accept
+        to_land = record & ~in_range
+        init_failed = is_init & ~ok
+        init_tangent_failed = is_init & ok & ~tangent_ok
+        append = is_init | (record & in_range) | (is_land & ok)
+        point = jnp.where(init_failed, st.anchor, z)
+        point_ev = jnp.where(init_failed, jnp.full_like(ev_new, jnp.nan), ev_new)
+        exhausted = is_step & ~to_land & ~too_small & (st.num_iter + 1 >= max_steps)
+        finish = is_land | init_failed | init_tangent_failed | too_small | exhausted
+
+        j, i = st.length - 1, st.length
+        ys = _put(st.ys, i, point, append)
+        taus = _put(st.taus, i, tau_new, append)
+        evs = _put(st.evs, i, point_ev, append)
+        rec_h = _put(st.rec_h, j, st.h, record)
+        rec_y1 = _put(st.rec_y1, j, z, record)
+        rec_tau1 = _put(st.rec_tau1, j, tau_new[-1], record)
+        rec_ev1 = _put(st.rec_ev1, j, ev_new, record)
+
+        # Queue the events of an accepted step (real before Hopf, as along the branch).
+        real_bit, hopf_bit = _signature_change(st.evs[j], ev_new)
+        add_real = detect & record & real_bit
+        add_hopf = detect & record & hopf_bit
+        p0 = st.num_detected
+        p1 = p0 + add_real
+        q_step, q_hopf = st.q_step, st.q_hopf
+        for pos, add, kind in ((p0, add_real, False), (p1, add_hopf, True)):
+            w = add & (pos < max_events)
+            q_step = _put(q_step, jnp.minimum(pos, max_events - 1), j, w)
+            q_hopf = _put(q_hopf, jnp.minimum(pos, max_events - 1), kind, w)
+        num_detected = p1 + add_hopf
+
+        # One Illinois regula-falsi iteration on the current slot's test function.
+        fc = _psi(ev_new, hopf_l)
+        exact = ok & (fc == 0)
+        same = jnp.sign(fc) == jnp.sign(fhi)
+        new_hi = jnp.where(exact, hi, jnp.where(~ok | same, c, hi))
+        new_lo = jnp.where(exact | ~ok | same, lo, c)
+        new_fhi = jnp.where(ok & same, fc, jnp.where(ok & (st.side == 1), fhi / 2, fhi))
+        new_flo = jnp.where(ok & ~same, fc, jnp.where(ok & (st.side == -1), flo / 2, flo))
+        new_fhi = jnp.where(exact, fhi, new_fhi)
+        new_flo = jnp.where(exact, flo, new_flo)
+        side = jnp.where(ok, jnp.where(same, -1, 1), st.side)
+        located = st.bracket & (exact | (ok & (new_hi - new_lo <= ptol)))
+        slot_done = ~st.bracket | located | (st.it + 1 >= 100)
+        loc_ok = is_loc & st.bracket & ok
+        q_best = _put(st.q_best, e, z, loc_ok)
+        q_found = _put(st.q_found, e, True, loc_ok)
+        q_located = _put(st.q_located, e, located, is_loc)
+
+        # Start the next slot (the first one when the stepping has finished).
+        num_queued = jnp.minimum(num_detected, max_events)
+        t = jnp.where(is_loc, st.slot + 1, 0)
+        start = jnp.where(is_loc, slot_done, finish) & (t < num_queued)
+        jt, hopf_t = q_step[jnp.minimum(t, max_events - 1)], q_hopf[jnp.minimum(t, max_events - 1)]
+        f0, f1 = _psi(evs[jt], hopf_t), _psi(rec_ev1[jt], hopf_t)
+        bracket_t = jnp.isfinite(f0) & jnp.isfinite(f1) & (jnp.sign(f0) != jnp.sign(f1))
+        pick = lambda a, b, c: jnp.where(start, a, jnp.where(is_loc, b, c))
+
+        moves = (is_init & ok) | (record & in_range)
+        result = st.result
+        result = result_where(init_failed, RESULTS.no_fixed_point, result)
+        result = result_where(init_tangent_failed, res_t, result)
+        result = result_where(too_small, RESULTS.continuation_step_too_small, result)
+        result = result_where(exhausted, RESULTS.continuation_max_steps, result)
+        h = jnp.where(is_step & ~accept, h_half, jnp.where(record & in_range, grow, st.h))
+        mode = jnp.where(
+            start, _LOCATE, jnp.where(is_init & ok, _STEP, jnp.where(to_land, _LAND, st.mode))
+        ).astype(st.mode.dtype)
+        done = jnp.where(is_loc, slot_done, finish) & ~start
+        return _State(
+            mode=mode, y=jnp.where(moves, z, st.y), tau=jnp.where(moves, tau_new, st.tau), h=h,
+            anchor=jnp.where(to_land, land_anchor, st.anchor), num_iter=st.num_iter + is_step,
+            length=st.length + append, num_records=st.num_records + record,
+            done=st.done | done, result=result,
+            left_range=st.left_range | (to_land & ~beyond_end),
+            ys=ys, taus=taus, evs=evs, rec_h=rec_h, rec_y1=rec_y1, rec_tau1=rec_tau1,
+            rec_ev1=rec_ev1, num_detected=num_detected, q_step=q_step, q_hopf=q_hopf,
+            q_best=q_best, q_found=q_found, q_located=q_located,
+            slot=pick(t, st.slot + slot_done, st.slot),
+            lo=pick(zero, new_lo, lo), hi=pick(rec_h[jt], new_hi, hi),
+            flo=pick(f0, new_flo, flo), fhi=pick(f1, new_fhi, fhi),
+            side=pick(izero, side, st.side), it=pick(izero, st.it + 1, st.it),
+            bracket=pick(bracket_t, st.bracket, st.bracket),
+        )
+
+    final = jax.lax.while_loop(lambda st: ~st.done, body, init)
+    return final, lo_s, hi_s
+
+
+# ------------------------------------------------------------------------------------------------
+# Classification: a post-pass over the event slots.
+
+
+def _event_mask(st: _State):
+    """`(steps, 2)` event mask (real crossing, Hopf crossing) of the accepted steps, and the
+    eigenvalue signature of every point."""
+    size = st.ys.shape[0]
+    real, hopf = jax.vmap(_signature_change)(st.evs, st.rec_ev1)
+    valid = jnp.arange(size) < st.num_records
+    return jnp.stack([valid & real, valid & hopf], axis=-1), jax.vmap(eigen_signature)(st.evs)
+
+
+def _classify(problem, x, s, hopf, fold):
+    """Critical eigenpair at `(x, s)` and the normal-form coefficients of its kind."""
+    dtype = x.dtype
+    spec = spectrum_of_matrix(jax.jacfwd(lambda v: problem.f(v, s))(x))
+    ev = spec.eigenvalues
+    real = real_mask(ev)
+    cand = jnp.where(hopf, ~real & (ev.imag > 0), real)
+    has = jnp.any(cand)
+    i = jnp.argmin(jnp.where(cand, jnp.abs(ev.real), jnp.inf))
+    lam = ev[i]
+    qc, wc = spec.right_eigenvectors[:, i], spec.left_eigenvectors[:, i]
+    nan = jnp.full((), jnp.nan, dtype)
+
+    def zero_eigenvalue(_):
+        q, w = jnp.real(qc), jnp.real(wc)
+        nq = jnp.linalg.norm(q)
+        q, w = q / nq, w * nq
+        flip = q[jnp.argmax(jnp.abs(q))] < 0
+        q, w = jnp.where(flip, -q, q), jnp.where(flip, -w, w)
+        w = w / (w @ q)
+        a, b1, b2, b3 = zero_eigenvalue_coefficients(problem.family, problem.args, x, s, q, w)
+        coeffs = (a, b1, b2, b3, nan, jnp.asarray(nan, ev.dtype), nan)
+        return coeffs, q.astype(ev.dtype), w.astype(ev.dtype)
+
+    def hopf_point(_):
+        omega, c1, dlam = hopf_coefficients(problem.family, problem.args, x, s, qc, wc)
+        coeffs = (nan, nan, nan, nan, omega, c1.astype(ev.dtype), dlam)
+        return coeffs, qc, wc
+
+    coeffs, q, w = jax.lax.cond(hopf, hopf_point, zero_eigenvalue, None)
+    a, b1, b2, b3, omega, c1, trans = coeffs
+    scale = jnp.fmax(jnp.fmax(1.0, jnp.where(jnp.isfinite(b1), jnp.abs(b1), 1.0)), jnp.abs(b3))
+    symmetric = jnp.abs(b2) <= problem.opts.symmetry_tol * scale
+    kind = jnp.where(
+        hopf, _HOPF, jnp.where(fold, _FOLD, jnp.where(symmetric, _PITCHFORK, _TRANSCRITICAL))
+    )
+    used = jnp.where(hopf, jnp.stack([omega, jnp.abs(c1), trans]), jnp.stack([a, b1, b2]))
+    finite = jnp.all(jnp.isfinite(used)) & (hopf | ~symmetric | jnp.isfinite(b3))
+    return dict(
+        kind=kind, eigenvalues=jnp.stack([lam, jnp.conj(lam)]), right=q, left=w,
+        a=a, b1=b1, b2=b2, b3=b3, omega=omega, c1=c1, transversality=trans,
+    ), has, finite
+
+
+def _zeros_like(shapes):
+    return jax.tree.map(lambda sd: jnp.zeros(sd.shape, sd.dtype), shapes)
+
+
+def _events(problem, st: _State, lo, hi) -> BifurcationEvents:
+    """Classifies the queued, localised events (a `lax.map` over the slots; an empty slot
+    skips its work)."""
+    max_events = st.q_step.shape[0]
+    ptol = problem.opts.parameter_tol
+
+    def slot(e):
+        filled = e < st.num_detected
+        j, hopf = st.q_step[e], st.q_hopf[e]
+        found, located = st.q_found[e], st.q_located[e]
+        # Without a bracket, report at the far end of the step, unlocated.
+        yb = jnp.where(found, st.q_best[e], st.rec_y1[j])
+        fold = jnp.sign(st.taus[j, -1]) != jnp.sign(st.rec_tau1[j])
+
+        def classify(_):
+            return _classify(problem, yb[:-1], yb[-1], hopf, fold)
+
+        cls, has, finite = jax.lax.cond(
+            filled, classify, lambda _: _zeros_like(jax.eval_shape(classify, None)), None
+        )
+        f0, f1 = _psi(st.evs[j], hopf), _psi(st.rec_ev1[j], hopf)
+        s = yb[-1]
+        in_range = (lo - ptol <= s) & (s <= hi + ptol)
+        result = RESULTS.successful
+        result = result_where(~has, RESULTS.not_a_bifurcation, result)
+        result = result_where(~located, RESULTS.localisation_failed, result)
+        result = result_where(~finite, RESULTS.singular_linear_solve, result)
+        up = (f1 > f0) | (~jnp.isfinite(f0 - f1) & hopf)
+        return dict(
+            valid=filled & in_range, index=j, parameter=s, state=yb[:-1],
+            direction=jnp.where(up, 1, -1), located=located, result=result, **cls,
+        )
+
+    out = jax.lax.map(slot, jnp.arange(max_events))
+    return BifurcationEvents(
+        valid=out["valid"], index=out["index"], kind=out["kind"], parameter=out["parameter"],
+        state=out["state"], eigenvalues=out["eigenvalues"], right_eigenvector=out["right"],
+        left_eigenvector=out["left"], a=out["a"], b1=out["b1"], b2=out["b2"], b3=out["b3"],
+        omega=out["omega"], c1=out["c1"], transversality=out["transversality"],
+        direction=out["direction"], located=out["located"], result=out["result"],
+        num_detected=st.num_detected,
+    )
+
+
+@eqx.filter_jit
+def continue_family(
+    problem: ContinuationProblem, x0, s0, s1, h0, h_max, h_min, max_steps: int, detect: bool,
+    max_events: int,
+) -> Branch:
+    """The compiled continuation of `problem.family` from near `(x0, s0)` towards `s1`."""
+    detect = detect and max_events > 0
+    st, lo, hi = _step_loop(
+        problem, x0, s0, s1, h0, h_max, h_min, max_steps, detect, max(max_events, 1)
+    )
+    mask, sigs = _event_mask(st)
+    events = _events(problem, st, lo, hi)
+    if not detect:
+        mask = jnp.zeros_like(mask)
+    return Branch(
+        parameter_buffer=st.ys[:, -1],
+        state_buffer=st.ys[:, :-1],
+        eigenvalue_buffer=st.evs,
+        signature_buffer=sigs,
+        event_mask=mask,
+        length=st.length,
+        events=events,
+        result=st.result,
+        left_range=st.left_range,
+    )
+
+
+def bifurcations_from_events(
+    events: BifurcationEvents, dtype, parameter_map=lambda s: s, branch: int = 0
+) -> tuple[Bifurcation, ...]:
+    """Host side: the `Bifurcation`s of the valid, non-spurious slots, in order along the
+    branch."""
+    if isinstance(events.num_detected, jax.core.Tracer) or jnp.ndim(events.num_detected) != 0:
+        raise TypeError(
+            "`bifurcations` is built on the host from a concrete, unbatched branch; under "
+            "`jit`/`vmap` read `branch.events` (padded arrays) instead"
+        )
+    host = jax.device_get(events)
+    spurious = np.asarray(events.result == RESULTS.not_a_bifurcation)
+    out = []
+    for e in np.where(np.asarray(host.valid) & ~spurious)[0]:
+        kind = KINDS[int(host.kind[e])]
+        result = jtu.tree_map(lambda a, e=e: a[e], events.result)
+        scalar = lambda name: jnp.asarray(getattr(host, name)[e], dtype)
+        if kind == "hopf":
+            c1 = jnp.asarray(host.c1[e])
+            nf: AbstractNormalForm = HopfNormalForm(
+                omega=scalar("omega"), c1=c1, l1=jnp.real(c1), transversality=scalar("transversality")
+            )
+            lam = jnp.asarray(host.eigenvalues[e])
+            right, left = jnp.asarray(host.right_eigenvector[e]), jnp.asarray(host.left_eigenvector[e])
+        else:
+            if kind == "fold":
+                nf = FoldNormalForm(a=scalar("a"), a_f=scalar("b2") / 2, b1=scalar("b1"), b2=scalar("b2"))
+            else:
+                nf = BranchPointNormalForm(
+                    a=scalar("a"), b1=scalar("b1"), b2=scalar("b2"), b3=scalar("b3"),
+                    symmetric=kind == "pitchfork",
+                )
+            lam = jnp.asarray(host.eigenvalues[e, :1])
+            right = jnp.asarray(host.right_eigenvector[e].real, dtype)
+            left = jnp.asarray(host.left_eigenvector[e].real, dtype)
+        out.append(
+            Bifurcation(
+                kind=kind,
+                parameter=jnp.asarray(parameter_map(host.parameter[e]), dtype),
+                state=jnp.asarray(host.state[e], dtype),
+                eigenvalues=lam,
+                right_eigenvector=right,
+                left_eigenvector=left,
+                normal_form=nf,
+                direction=int(host.direction[e]),
+                located=bool(host.located[e]),
+                branch=branch,
+                index=int(host.index[e]),
+                result=result,
+            )
+        )
+    return tuple(out)
 
 
 def continuation(
@@ -413,11 +742,13 @@ def continuation(
     p0: float | Float[ArrayLike, ""],
     p1: float | Float[ArrayLike, ""],
     *,
+    args: PyTree = None,
     step_size: float | None = None,
     max_step_size: float | None = None,
     min_step_size: float | None = None,
     max_steps: int = 1000,
     detect_bifurcations: bool = True,
+    max_bifurcations: int = 16,
     rtol: float | None = None,
     atol: float | None = None,
     newton_max_steps: int = 20,
@@ -436,71 +767,56 @@ def continuation(
     branch point, classified as a pitchfork when `b2 = 0` (Z2 symmetry) and a transcritical
     otherwise. Normal-form coefficients follow the conventions in `docs/bifurcations.md`.
 
+    The whole computation is one compiled program (a `lax.while_loop` stepper writing a padded
+    buffer, then a post-pass over the flagged steps), so it runs under `jax.jit` and
+    `jax.vmap` (over `x0`, `args`, `p0`, `p1`); eagerly it compiles once per vector field.
+
     **Arguments:**
 
-    - `vector_field`: `vector_field(x, mu) -> dx/dt`, `mu` a scalar.
+    - `vector_field`: `vector_field(x, mu) -> dx/dt`, `mu` a scalar; with `args`,
+        `vector_field(x, mu, args)`.
     - `x0`: an (approximate) equilibrium at `mu = p0`; it is corrected by Newton first.
     - `p0`, `p1`: start and end of the parameter range (either order).
+    - `args`: any pytree (arrays, an `eqx.Module`) passed to the vector field; traced.
     - `step_size`, `max_step_size`, `min_step_size`: arclength steps (defaults `|p1 - p0|` over
         50, 10 and 1e8).
-    - `max_steps`: maximum number of continuation steps (accepted or rejected).
+    - `max_steps`: maximum number of continuation steps (accepted or rejected); the buffers
+        have `max_steps + 1` rows.
     - `detect_bifurcations`: detect, localise and classify bifurcations.
+    - `max_bifurcations`: number of event slots (`branch.events.num_detected` counts all).
     - `rtol`, `atol`, `newton_max_steps`: corrector settings (default tolerance `eps^(2/3)`).
     - `parameter_tol`: localisation tolerance (default `1e-10` in float64).
     - `symmetry_tol`: relative size of `b2` below which a branch point is a pitchfork.
 
     **Returns:**
 
-    A `Branch`; `branch.status` says how it ended and `branch.bifurcations` lists what was found.
-    The loop is a Python loop around jitted step functions (step control is data dependent).
+    A `Branch`: `branch.result` (and `branch.status`) says how it ended, `branch.bifurcations`
+    lists what was found (eagerly; `branch.events` holds the padded arrays).
     """
     x0 = jnp.asarray(x0)
     if x0.ndim != 1:
         raise ValueError(f"`x0` must have shape (N,), got {x0.shape}")
     if not jnp.issubdtype(x0.dtype, jnp.floating):
         x0 = x0.astype(jnp.result_type(float))
+    dtype = x0.dtype
     for name, p in (("p0", p0), ("p1", p1)):
         if jnp.ndim(p) != 0:
             raise ValueError(f"`{name}` must be a scalar, got shape {jnp.shape(p)}")
-        if not np.isfinite(float(p)):
-            raise ValueError(f"`{name}` must be finite, got {float(p)}")
-    if not bool(np.all(np.isfinite(np.asarray(x0)))):
-        raise ValueError("`x0` contains non-finite values")
-    s0, s1 = float(p0), float(p1)
-    if s0 == s1:
-        raise ValueError("`p0` and `p1` must differ")
-    dtype = x0.dtype
-    check_vector_field(vector_field, x0, jnp.asarray(s0, dtype))
-    family, args = make_family(vector_field, jnp.zeros((), dtype), jnp.ones((), dtype))
-    opts = make_options(dtype, rtol, atol, newton_max_steps, parameter_tol, symmetry_tol)
-    res = continue_family(
-        family,
-        args,
-        x0,
-        s0,
-        s1,
-        step_size=step_size,
-        max_step_size=max_step_size,
-        min_step_size=min_step_size,
-        max_steps=max_steps,
-        detect=detect_bifurcations,
-        opts=opts,
+    if int(max_steps) < 1:
+        raise ValueError(f"`max_steps` must be a positive integer, got {max_steps}")
+    s0 = error_if_nonfinite(jnp.asarray(p0, dtype), "p0")
+    s1 = error_if_nonfinite(jnp.asarray(p1, dtype), "p1")
+    s1 = error_if_not(s1, s0 != s1, "`p0` and `p1` must differ")
+    x0 = error_if_nonfinite(x0, "x0")
+    family = _ScalarFamily(vector_field, args is not None)
+    check_vector_field(lambda x, mu: family(x, mu, args), x0, s0)
+    problem = ContinuationProblem(
+        family, args, make_options(dtype, rtol, atol, newton_max_steps, parameter_tol, symmetry_tol)
     )
-    return branch_from_result(res, dtype)
-
-
-def branch_from_result(res: dict, dtype, parameter_map=lambda s: s, branch: int = 0) -> Branch:
-    ys = np.stack(res["ys"])
-    evs = np.stack(res["evs"])
-    return Branch(
-        parameters=jnp.asarray(parameter_map(ys[:, -1]), dtype),
-        states=jnp.asarray(ys[:, :-1], dtype),
-        eigenvalues=jnp.asarray(evs),
-        stable=jnp.asarray(np.all(evs.real < 0, axis=-1)),
-        bifurcations=tuple(
-            make_bifurcation(d, parameter_map(d["s"]), branch) for d in res["found"]
-        ),
-        status=res["status"],
-        num_steps=len(res["ys"]),
+    span = jnp.abs(s1 - s0)
+    as_h = lambda v, default: default if v is None else jnp.asarray(v, dtype)
+    return continue_family(
+        problem, x0, s0, s1, as_h(step_size, span / 50), as_h(max_step_size, span / 10),
+        as_h(min_step_size, 1e-8 * span), int(max_steps), bool(detect_bifurcations),
+        int(max_bifurcations),
     )
-

@@ -10,8 +10,16 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Complex, Float, PyTree
 
-from ._bifurcation import Bifurcation, continue_family, make_bifurcation, make_options
-from ._fixed_points import check_params, check_vector_field, find_fixed_points, newton_root
+from ._bifurcation import (
+    Bifurcation,
+    ContinuationProblem,
+    bifurcations_from_events,
+    continue_family,
+    make_options,
+    newton,
+)
+from ._fixed_points import find_fixed_points
+from ._misc import RESULTS, check_vector_field, eigen_signature, error_if_nonfinite
 from ._normal_forms import LineFamily
 
 
@@ -21,7 +29,8 @@ class BifurcationTrack(eqx.Module):
     **Fields:**
 
     - `states`: `(K, B, N)` the `B` tracked equilibria at each checkpoint.
-    - `converged`: `(K, B)` Newton converged at that checkpoint (warm-started from the previous).
+    - `newton_result`: `(K, B)` the `RESULTS` of the Newton solve at that checkpoint
+        (warm-started from the previous); `converged` is `newton_result == RESULTS.successful`.
     - `alive`: `(K, B)` the branch is still the one followed from checkpoint 0 (it is lost after a
         fold, a failed segment continuation or a jump to another equilibrium).
     - `eigenvalues`: `(K, B, N)` Jacobian eigenvalues, matched across checkpoints by eigenvector
@@ -29,19 +38,36 @@ class BifurcationTrack(eqx.Module):
     - `bifurcations`: every detected bifurcation; `parameter` is the fractional checkpoint index
         `k + s` (parameters interpolated linearly between checkpoints `k` and `k + 1`), `branch`
         the branch index. Normal-form coefficients are with respect to that interpolation `s`.
-    - `status`: `"completed"`, or `"no_fixed_points"` when no start converged at checkpoint 0.
+    - `segment_results`: `(K - 1, B)` the `RESULTS` of the segment continuation that
+        re-examined `[k, k + 1]` on branch `b` (successful where none was needed).
+    - `result`: `RESULTS.successful`, or `RESULTS.no_fixed_point` when no start converged at
+        checkpoint 0; `status` is `"completed"` or `"no_fixed_points"`.
     """
 
     states: Float[Array, "checkpoints branches state"]
-    converged: Bool[Array, "checkpoints branches"]
+    newton_result: RESULTS
     alive: Bool[Array, "checkpoints branches"]
     eigenvalues: Complex[Array, "checkpoints branches state"]
     bifurcations: tuple[Bifurcation, ...]
-    status: str = eqx.field(static=True)
+    segment_results: RESULTS
+    result: RESULTS
+
+    @property
+    def converged(self) -> Bool[Array, "checkpoints branches"]:
+        return self.newton_result == RESULTS.successful
+
+    @property
+    def status(self) -> str:
+        return "completed" if bool(self.result == RESULTS.successful) else "no_fixed_points"
 
     @property
     def num_branches(self) -> int:
         return self.states.shape[1]
+
+
+def _results_array(item, shape):
+    """An array of `RESULTS` with one code everywhere."""
+    return jtu.tree_map(lambda a: jnp.broadcast_to(a, shape), item)
 
 
 def _greedy_assignment(score):
@@ -72,20 +98,8 @@ def _match(prev_vecs, prev_vals, vals, vecs):
     return vals[perm], vecs[:, perm]
 
 
-def _signature(vals):
-    scale = jnp.maximum(1.0, jnp.max(jnp.abs(vals)))
-    real = jnp.abs(vals.imag) <= 1e3 * jnp.finfo(vals.real.dtype).eps * scale
-    neg = real & (vals.real < 0)
-    zero = real & (vals.real == 0)
-    det_sign = jnp.where(jnp.any(zero), 0, jnp.where(jnp.sum(neg) % 2 == 1, -1, 1))
-    unstable = vals.real > 0
-    return jnp.stack(
-        [det_sign, jnp.sum(unstable), jnp.sum(unstable & ~real), jnp.sum(~real)]
-    ).astype(jnp.int32)
-
-
 @eqx.filter_jit
-def _scan(vector_field, static, dyn_seq, x0, rtol, atol, max_steps, match):
+def _scan(vector_field, static, dyn_seq, x0, opts, match):
     p0 = eqx.combine(jtu.tree_map(lambda a: a[0], dyn_seq), static)
 
     def spectrum(x, p):
@@ -99,12 +113,13 @@ def _scan(vector_field, static, dyn_seq, x0, rtol, atol, max_steps, match):
     def body(carry, p_dyn):
         x_prev, vals_prev, vecs_prev = carry
         p = eqx.combine(p_dyn, static)
-        xs, oks, _ = jax.vmap(
-            lambda x: newton_root(lambda y, a: vector_field(y, a), x, p, rtol, atol, max_steps)
+        xs, results, _ = jax.vmap(
+            lambda x: newton(lambda y, a: vector_field(y, a), x, p, opts)
         )(x_prev)
+        oks = results == RESULTS.successful
         x_carry = jnp.where(oks[:, None], xs, x_prev)
         vals, vecs = jax.vmap(lambda x: spectrum(x, p))(x_carry)
-        sig = jax.vmap(_signature)(vals)
+        sig = jax.vmap(eigen_signature)(vals)
         if match:
             if x0.shape[0] <= 8:
                 # Unrolled over the few branches so `lax.cond` skips the greedy fallback.
@@ -116,7 +131,7 @@ def _scan(vector_field, static, dyn_seq, x0, rtol, atol, max_steps, match):
                 vecs = jnp.stack([v for _, v in pairs])
             else:
                 vals, vecs = jax.vmap(_match)(vecs_prev, vals_prev, vals, vecs)
-        return (x_carry, vals, vecs), (xs, oks, vals, sig)
+        return (x_carry, vals, vecs), (xs, results, vals, sig)
 
     _, out = jax.lax.scan(body, (x0, vals0, vecs0), dyn_seq)
     return out
@@ -171,14 +186,16 @@ def track_bifurcations(
     3. Every segment `[k, k+1]` where a test function changes (sign of `det A`, number of
        unstable or complex-unstable eigenvalues, the sign of a matched eigenvalue's real part),
        Newton fails, or the state jumps, is re-examined by pseudo-arclength continuation in
-       `s ∈ [0, 1]` along `params(s) = (1 - s)·params_k + s·params_{k+1}` (inexact leaves), which
-       localises, classifies and computes normal forms exactly as `continuation` does.
+       `s ∈ [0, 1]` along `params(s) = (1 - s)·params_k + s·params_{k+1}` (inexact leaves), with
+       the compiled kernel of `continuation`, which localises, classifies and computes normal
+       forms. Every segment shares one compilation.
 
     **Arguments:**
 
     - `vector_field`: `vector_field(x, params) -> dx/dt`.
     - `params_sequence`: a pytree whose array leaves have a leading checkpoint axis (e.g. stacked
-        training checkpoints), or a `list` of pytrees.
+        training checkpoints), or a `list` of pytrees (any `eqx.Module`; non-array leaves such as
+        activation functions are held fixed).
     - `initial_states`: `(M, N)` starting guesses at checkpoint 0.
     - `rtol`, `atol`, `newton_max_steps`: Newton settings (default tolerance `eps^(2/3)`).
     - `jump_tol`: a segment is re-examined if `‖x_{k+1} - x_k‖∞ > jump_tol·(1 + ‖x_k‖∞)`.
@@ -195,8 +212,9 @@ def track_bifurcations(
         raise ValueError(f"`initial_states` must have shape (M, N), got {initial_states.shape}")
     if not jnp.issubdtype(initial_states.dtype, jnp.floating):
         initial_states = initial_states.astype(jnp.result_type(float))
+    initial_states = error_if_nonfinite(initial_states, "initial_states")
     dyn_seq, static = _stack_sequence(params_sequence)
-    check_params(dyn_seq, "params_sequence")
+    dyn_seq = error_if_nonfinite(dyn_seq, "params_sequence")
     num = jtu.tree_leaves(dyn_seq)[0].shape[0]
     at = lambda k: eqx.combine(jtu.tree_map(lambda a: a[k], dyn_seq), static)
     p_first = at(0)
@@ -213,21 +231,21 @@ def track_bifurcations(
     if x0.shape[0] == 0:
         return BifurcationTrack(
             states=jnp.zeros((num, 0, n), dtype),
-            converged=jnp.zeros((num, 0), bool),
+            newton_result=_results_array(RESULTS.no_fixed_point, (num, 0)),
             alive=jnp.zeros((num, 0), bool),
             eigenvalues=jnp.zeros((num, 0, n), jnp.result_type(dtype, jnp.complex64)),
             bifurcations=(),
-            status="no_fixed_points",
+            segment_results=_results_array(RESULTS.successful, (num - 1, 0)),
+            result=RESULTS.no_fixed_point,
         )
-    xs, oks, vals, sig = _scan(
-        vector_field, static, dyn_seq, x0, opts.rtol, opts.atol, opts.newton_max_steps,
-        match_eigenvalues,
-    )
+    xs, results, vals, sig = _scan(vector_field, static, dyn_seq, x0, opts, match_eigenvalues)
+    oks = results == RESULTS.successful
     xs_np, oks_np = np.asarray(xs), np.asarray(oks)
     vals_np, sig_np = np.asarray(vals), np.asarray(sig)
     nb = x0.shape[0]
     alive = np.ones((num, nb), bool)
     alive &= np.logical_and.accumulate(oks_np, axis=0)
+    segment_codes = np.zeros((num - 1, nb), np.int32)
     found: list[Bifurcation] = []
     if detect_bifurcations:
         changed = np.any(sig_np[1:] != sig_np[:-1], axis=-1)
@@ -237,6 +255,7 @@ def track_bifurcations(
         step = np.max(np.abs(xs_np[1:] - xs_np[:-1]), axis=-1)
         changed |= step > jump_tol * (1 + np.max(np.abs(xs_np[:-1]), axis=-1))
         family = LineFamily(vector_field, static)
+        h = lambda v: jnp.asarray(v, dtype)
         for b in range(nb):
             for k in np.where(changed[:, b])[0]:
                 if not alive[k, b]:
@@ -246,15 +265,19 @@ def track_bifurcations(
                 direction = jtu.tree_map(
                     lambda u, v: v - u if jnp.issubdtype(u.dtype, jnp.inexact) else u, pa, pb
                 )
-                res = continue_family(
-                    family, (pa, direction), jnp.asarray(xs_np[k, b]), 0.0, 1.0,
-                    step_size=0.05, max_step_size=0.25, min_step_size=None, max_steps=200,
-                    detect=True, opts=opts,
+                problem = ContinuationProblem(family, (pa, direction), opts)
+                branch = continue_family(
+                    problem, xs[k, b], h(0.0), h(1.0), h(0.05), h(0.25), h(1e-8), 200, True, 16
                 )
-                found += [make_bifurcation(d, k + d["s"], branch=b) for d in res["found"]]
-                end_ok = res["status"] == "completed" and oks_np[k + 1, b]
+                segment_codes[k, b] = int(branch.result._value)
+                found += list(
+                    bifurcations_from_events(
+                        branch.events, dtype, parameter_map=lambda s, k=k: k + s, branch=b
+                    )
+                )
+                end_ok = branch.status == "completed" and oks_np[k + 1, b]
                 if end_ok:
-                    x_end = res["ys"][-1][:-1]
+                    x_end = np.asarray(branch.states[-1])
                     gap = np.max(np.abs(x_end - xs_np[k + 1, b]))
                     end_ok = gap <= 1e3 * opts.atol * (1 + np.max(np.abs(x_end)))
                 if not end_ok:
@@ -270,13 +293,15 @@ def track_bifurcations(
             continue
         unique.append(bf)
     found = sorted(unique, key=lambda bf: float(bf.parameter))
+    segment_results = jtu.tree_map(
+        lambda a: jnp.asarray(segment_codes, a.dtype), RESULTS.successful
+    )
     return BifurcationTrack(
         states=xs,
-        converged=oks,
+        newton_result=results,
         alive=jnp.asarray(alive),
         eigenvalues=vals,
         bifurcations=tuple(found),
-        status="completed",
+        segment_results=segment_results,
+        result=RESULTS.successful,
     )
-
-
