@@ -19,7 +19,13 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Complex, Float, PyTree
 
-from ._fixed_points import _MISSING, _as_float, _check_values, _model_vector_field, resolve_dynamics
+from ._fixed_points import (
+    _MISSING,
+    _as_float,
+    _check_values,
+    _model_vector_field,
+    resolve_dynamics,
+)
 from ._misc import (
     RESULTS,
     default_symmetry_tol as default_symmetry_tol,
@@ -193,10 +199,15 @@ def zero_eigenvalue_terms(family, args, x, s, q, p) -> ZeroEigenvalueTerms:
     return ZeroEigenvalueTerms(a, b1, b2, b3, result)
 
 
+def _nan_unless(ok, values):
+    return tuple(jnp.where(ok, v, jnp.nan) for v in values)
+
+
 def zero_eigenvalue_coefficients(family, args, x, s, q, p):
-    """`(a, b1, b2, b3)` only. Kept for old callers; `zero_eigenvalue_terms` also returns the
-    result of the linear solves, which this drops."""
-    return tuple(zero_eigenvalue_terms(family, args, x, s, q, p)[:4])
+    """`(a, b1, b2, b3)`, NaN where a linear solve failed. Kept for old callers; prefer
+    `zero_eigenvalue_terms`, which returns the `RESULTS` code instead."""
+    terms = zero_eigenvalue_terms(family, args, x, s, q, p)
+    return _nan_unless(successful(terms.result), terms[:4])
 
 
 @eqx.filter_jit
@@ -248,9 +259,10 @@ def hopf_terms(family, args, x, s, q, w) -> HopfTerms:
 
 
 def hopf_coefficients(family, args, x, s, q, w):
-    """`(omega, c1, dRe λ/ds)` only. Kept for old callers; `hopf_terms` also returns the result
-    of the linear solves, which this drops."""
-    return tuple(hopf_terms(family, args, x, s, q, w)[:3])
+    """`(omega, c1, dRe λ/ds)`, NaN where a linear solve failed. Kept for old callers; prefer
+    `hopf_terms`, which returns the `RESULTS` code instead."""
+    terms = hopf_terms(family, args, x, s, q, w)
+    return _nan_unless(successful(terms.result), terms[:3])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -251,6 +251,13 @@ def test_singular_solve_result():
     assert nf.result != ds.RESULTS.successful
     with raises_check("singular|non-finite"):
         ds.normal_form_coefficients(field, jnp.zeros(2), 0.0, kind="fold", throw=True)
+    # The tuple-returning kernel kept for old callers turns the failure into NaN, not garbage.
+    from diffrax_sntk._normal_forms import make_family, zero_eigenvalue_coefficients
+
+    family, args = make_family(field, jnp.zeros(()), jnp.ones(()))
+    q = jnp.array([1.0, 0.0])
+    coeffs = zero_eigenvalue_coefficients(family, args, jnp.zeros(2), jnp.zeros(()), q, q)
+    assert all(bool(jnp.isnan(c)) for c in coeffs)
 
 
 def test_jit_and_vmap():
