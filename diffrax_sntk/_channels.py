@@ -304,14 +304,15 @@ def _stack_combine(stack: PyTree, coeffs: Array) -> PyTree:
 
 
 def _gram_mv(J, basis, vector):
-    # J (I − Π_U) Jᵀ v, or J Jᵀ v without a basis.
+    # J (I − Π_U) Jᵀ v.
     g = J.transpose().mv(vector)
-    if basis is not None:
-        g = jtu.tree_map(lambda a, b: a - b, g, _stack_combine(basis, _stack_dot(basis, g)))
+    g = jtu.tree_map(lambda a, b: a - b, g, _stack_combine(basis, _stack_dot(basis, g)))
     return J.mv(g)
 
 
-def _gram_operator(J: PairedLinearOperator, basis=None) -> PairedLinearOperator:
+def _gram_operator(J: PairedLinearOperator, basis: PyTree) -> PairedLinearOperator:
+    """J (I − Π_U) Jᵀ; Θ itself is the case U = 0, so that Θ and Θ_res have one matvec
+    program (applying or materialising both under one `jit`-ed function compiles once)."""
     fn = eqx.Partial(_gram_mv, J, basis)
     struct = J.out_structure()
     return PairedLinearOperator(fn, fn, struct, struct, _PSD)
@@ -697,7 +698,7 @@ def bifurcation_channels(
     to_tree = jax.vmap(unravel)
     mode, U, rank, g_hat = _critical_mode(f, x_star, flat, target, directions, rk_tol, to_tree)
     tangents = jnp.concatenate([U, g_hat[None]], axis=0)  # (5, P): the basis and ĝ_f
-    theta = _gram_operator(J)
+    theta = _gram_operator(J, to_tree(jnp.zeros_like(U)))
     residual = _gram_operator(J, to_tree(U))
     if method == "dense":
         spectra = _dense_spectra(J, tangents, U)

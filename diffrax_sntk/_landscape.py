@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Float, PyTree
 
-from ._misc import RESULTS, check_callable, error_if_nonfinite
+from ._misc import RESULTS, check_callable, error_if_nonfinite, result_where
 
 __all__ = ["RestrictedLandscape", "restricted_landscape", "fit_normal_form_landscape"]
 
@@ -139,7 +139,7 @@ def _fit_impl(s, loss, normal_form, num_centres):
     ok = ok & jnp.all(jnp.isfinite(coef))
     return RestrictedLandscape(
         s_values=s, loss=loss, predicted=pred, r_squared=r2, centre=s0, offset=a, scale=beta,
-        unfolding=mu, result=RESULTS.where(ok, RESULTS.successful, RESULTS.nonfinite),
+        unfolding=mu, result=result_where(~ok, RESULTS.nonfinite, RESULTS.successful),
         normal_form=normal_form,
     )
 
