@@ -7,8 +7,8 @@ Two call forms share one implementation (see `docs/dynamics_signatures.md`):
 """
 
 import inspect
-import warnings
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -31,17 +31,7 @@ from ._misc import (
 )
 
 # Marks an argument that was not passed, so that `None` stays a valid `params`.
-_MISSING = object()
-
-
-def is_concrete(x) -> bool:
-    """Deprecated: value checks use `eqx.error_if` now and hold under `jit`."""
-    warnings.warn(
-        "`is_concrete` is deprecated: use `_misc.error_if_nonfinite`/`eqx.error_if`",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return not isinstance(x, jax.core.Tracer)
+_MISSING: Any = object()
 
 
 def _scalars_to_arrays(tree: PyTree) -> PyTree:
@@ -118,7 +108,7 @@ def resolve_dynamics(
     return fn, _scalars_to_arrays(params)
 
 
-def _check_values(params, vector_field, x, x_name):
+def _check_values(params, vector_field, x: Array, x_name: str) -> tuple[PyTree, Array]:
     # Value checks (they fire under `jit`): name the model and its input separately.
     if vector_field is _model_vector_field:
         model, inputs = params

@@ -9,7 +9,7 @@ jittable and vmappable; only the inference of the kind (`kind=None`) needs concr
 
 import itertools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import equinox as eqx
 import jax
@@ -125,7 +125,7 @@ def _complex_multilinear(form, fn, x, *vecs):
     coeffs = np.asarray([complex(np.prod([c for c, _ in combo])) for combo in combos])
     stacked = [jnp.stack([combo[i][1] for combo in combos]) for i in range(len(vecs))]
     terms = jax.vmap(lambda *us: form(fn, x, *us))(*stacked)
-    if np.all(coeffs.imag == 0):
+    if np.all(np.imag(coeffs) == 0):
         return jnp.sum(terms, axis=0)
     ctype = jnp.result_type(terms.dtype, jnp.complex64)
     return jnp.einsum("k,kn->n", jnp.asarray(coeffs, ctype), terms.astype(ctype))
@@ -463,7 +463,7 @@ def compute_normal_form(
     )
     if nf.result == RESULTS.not_a_bifurcation:
         raise ValueError(RESULTS[nf.result])
-    if kind == "branch_point":
+    if isinstance(nf, BranchPointNormalForm):
         kind = "pitchfork" if bool(nf.symmetric) else "transcritical"
     return kind, nf, np.asarray(lam), np.asarray(q), np.asarray(w)
 
@@ -503,6 +503,7 @@ def _infer_kind(family, args, x, s, spec, tol):
             family, args, x, s, ev, spec.right_eigenvectors, spec.left_eigenvectors,
             "branch_point", tol,
         )
+        nf = cast(BranchPointNormalForm, nf)
         scale = jnp.maximum(1.0, jnp.maximum(jnp.abs(nf.b1), jnp.abs(nf.b2)))
         if bool(jnp.abs(nf.a) > tol * scale):
             return "fold", None
@@ -617,4 +618,5 @@ def lyapunov_coefficient(
     nf = normal_form_coefficients(
         vector_field, x, params, inputs=inputs, kind="hopf", throw=throw
     )
+    nf = cast(HopfNormalForm, nf)
     return jnp.where(successful(nf.result), nf.l1, jnp.nan)
