@@ -245,7 +245,7 @@ def track_bifurcations(
     nb = x0.shape[0]
     alive = np.ones((num, nb), bool)
     alive &= np.logical_and.accumulate(oks_np, axis=0)
-    segment_codes = np.zeros((num - 1, nb), np.int32)
+    segment = [[RESULTS.successful] * nb for _ in range(num - 1)]
     found: list[Bifurcation] = []
     if detect_bifurcations:
         changed = np.any(sig_np[1:] != sig_np[:-1], axis=-1)
@@ -269,7 +269,7 @@ def track_bifurcations(
                 branch = continue_family(
                     problem, xs[k, b], h(0.0), h(1.0), h(0.05), h(0.25), h(1e-8), 200, True, 16
                 )
-                segment_codes[k, b] = int(branch.result._value)
+                segment[k][b] = branch.result
                 found += list(
                     bifurcations_from_events(
                         branch.events, dtype, parameter_map=lambda s, k=k: k + s, branch=b
@@ -294,7 +294,8 @@ def track_bifurcations(
         unique.append(bf)
     found = sorted(unique, key=lambda bf: float(bf.parameter))
     segment_results = jtu.tree_map(
-        lambda a: jnp.asarray(segment_codes, a.dtype), RESULTS.successful
+        lambda *codes: jnp.stack(codes).reshape(num - 1, nb),
+        *[code for row in segment for code in row],
     )
     return BifurcationTrack(
         states=xs,
