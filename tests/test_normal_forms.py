@@ -270,6 +270,17 @@ def test_jit_and_vmap():
     b3s, sym, ok = jax.jit(jax.vmap(b3))(jnp.array([-1.0, 1.0]))
     assert np.allclose(np.asarray(b3s), [-6.0, 6.0])
     assert bool(jnp.all(sym)) and bool(jnp.all(ok))
+    # vmap over `params` (a dict): b3 = 6c, b1 = 2 along the direction.
+    field = lambda x, p: p["mu"] * x + p["c"] * x**3
+    direction = {"mu": jnp.array(2.0), "c": jnp.array(0.0)}
+    coeffs = jax.vmap(
+        lambda c: ds.normal_form_coefficients(
+            field, jnp.zeros(1), {"mu": jnp.array(0.0), "c": c}, kind="branch_point",
+            parameter_direction=direction,
+        )
+    )(jnp.array([-1.0, 0.5]))
+    assert np.allclose(np.asarray(coeffs.b3), [-6.0, 3.0])
+    assert np.allclose(np.asarray(coeffs.b1), 2.0)
     # vmap over the Stuart–Landau parameter: l1 = 2σ.
     sl = lambda sigma: ds.normal_form_coefficients(
         StuartLandau(sigma), jnp.zeros(2), 0.0, kind="hopf"
