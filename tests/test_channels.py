@@ -446,6 +446,7 @@ def test_matfree_matches_dense(ctrnn_case):
     mf = eqx.filter_jit(
         lambda m, xx: ds.bifurcation_channels(m, _ctrnn_problem, xx, method="matfree")
     )(model, x)
+    assert mf.result == ds.RESULTS.successful and bool(mf.diagnostics.eigensolver_converged)
     assert abs(float(mf.energy_fraction) - float(dense.energy_fraction)) < 1e-6
     assert abs(float(mf.top_eigenvalue) - float(dense.top_eigenvalue)) < 1e-6 * float(
         dense.top_eigenvalue
@@ -462,7 +463,8 @@ def test_bifurcation_input_and_ode_landscape():
     (bif,) = [b for b in branch.bifurcations if b.kind == "pitchfork"]
     problem = _scalar_problem()
     model = _scalar_model(-0.2)
-    split = ds.bifurcation_channels(model, problem, bif)
+    split = ds.bifurcation_channels(model, problem, bif)  # eager: J by replay
+    assert split.result == ds.RESULTS.successful
     assert abs(complex(split.critical_eigenvalue) + 0.2) < 1e-10
     assert abs(float(split.energy_fraction) - 1) < 1e-10
     target = jnp.full((1, 8, 1), 0.3)
