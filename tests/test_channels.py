@@ -82,6 +82,7 @@ def test_scalar_float32_smoke():
         lambda m: ds.bifurcation_channels(m, problem, jnp.zeros(1, jnp.float32))
     )(_scalar_model(-0.5, jnp.float32))
     assert split.energy_fraction.dtype == jnp.float32
+    assert split.result == ds.RESULTS.successful
     assert abs(float(split.energy_fraction) - 1) < 1e-4
     assert float(split.profile_error) < 1e-3
     assert split.warnings == ()
