@@ -53,6 +53,9 @@ from ._tracking import track_bifurcations as track_bifurcations
 
 # --- bifurcation channels
 from ._channels import BifurcationChannels as BifurcationChannels
+from ._channels import ChannelDiagnostics as ChannelDiagnostics
+from ._channels import ChannelSplit as ChannelSplit
+from ._channels import CriticalMode as CriticalMode
 from ._channels import bifurcation_channels as bifurcation_channels
 from ._landscape import RestrictedLandscape as RestrictedLandscape
 from ._landscape import fit_normal_form_landscape as fit_normal_form_landscape
