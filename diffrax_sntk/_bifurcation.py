@@ -37,8 +37,7 @@ from ._normal_forms import (
     BranchPointNormalForm,
     FoldNormalForm,
     HopfNormalForm,
-    hopf_coefficients,
-    zero_eigenvalue_coefficients,
+    normal_form_at,
 )
 
 KINDS = ("fold", "transcritical", "pitchfork", "hopf")
@@ -564,47 +563,37 @@ def _event_mask(st: _State):
 
 
 def _classify(problem, x, s, hopf, fold):
-    """Critical eigenpair at `(x, s)` and the normal-form coefficients of its kind."""
-    dtype = x.dtype
+    """Kind, critical eigenpair and normal-form coefficients at `(x, s)`, and their result
+    (`RESULTS.not_a_bifurcation` when the spectrum has no eigenvalue of the expected type)."""
     spec = spectrum_of_matrix(jax.jacfwd(lambda v: problem.f(v, s))(x))
-    ev = spec.eigenvalues
-    real = real_mask(ev)
-    cand = jnp.where(hopf, ~real & (ev.imag > 0), real)
-    has = jnp.any(cand)
-    i = jnp.argmin(jnp.where(cand, jnp.abs(ev.real), jnp.inf))
-    lam = ev[i]
-    qc, wc = spec.right_eigenvectors[:, i], spec.left_eigenvectors[:, i]
-    nan = jnp.full((), jnp.nan, dtype)
+    ev, right, left = spec.eigenvalues, spec.right_eigenvectors, spec.left_eigenvectors
+    nan = jnp.full((), jnp.nan, x.dtype)
+    cnan = jnp.full((), jnp.nan, ev.dtype)
+    at = lambda kind: normal_form_at(
+        problem.family, problem.args, x, s, ev, right, left, kind, problem.opts.symmetry_tol
+    )
 
     def zero_eigenvalue(_):
-        q, w = jnp.real(qc), jnp.real(wc)
-        nq = jnp.linalg.norm(q)
-        q, w = q / nq, w * nq
-        flip = q[jnp.argmax(jnp.abs(q))] < 0
-        q, w = jnp.where(flip, -q, q), jnp.where(flip, -w, w)
-        w = w / (w @ q)
-        a, b1, b2, b3 = zero_eigenvalue_coefficients(problem.family, problem.args, x, s, q, w)
-        coeffs = (a, b1, b2, b3, nan, jnp.asarray(nan, ev.dtype), nan)
-        return coeffs, q.astype(ev.dtype), w.astype(ev.dtype)
+        nf, lam, q, w = at("branch_point")
+        coeffs = (nf.a, nf.b1, nf.b2, nf.b3, nan, cnan, nan, jnp.asarray(nf.symmetric))
+        lam2 = jnp.stack([lam[0], jnp.conj(lam[0])])
+        return coeffs, lam2, q.astype(ev.dtype), w.astype(ev.dtype), nf.result
 
     def hopf_point(_):
-        omega, c1, dlam = hopf_coefficients(problem.family, problem.args, x, s, qc, wc)
-        coeffs = (nan, nan, nan, nan, omega, c1.astype(ev.dtype), dlam)
-        return coeffs, qc, wc
+        nf, lam2, q, w = at("hopf")
+        coeffs = (nan, nan, nan, nan, nf.omega, nf.c1.astype(ev.dtype), nf.transversality,
+                  jnp.array(False))
+        return coeffs, lam2, q, w, nf.result
 
-    coeffs, q, w = jax.lax.cond(hopf, hopf_point, zero_eigenvalue, None)
-    a, b1, b2, b3, omega, c1, trans = coeffs
-    scale = jnp.fmax(jnp.fmax(1.0, jnp.where(jnp.isfinite(b1), jnp.abs(b1), 1.0)), jnp.abs(b3))
-    symmetric = jnp.abs(b2) <= problem.opts.symmetry_tol * scale
+    coeffs, lam2, q, w, result = jax.lax.cond(hopf, hopf_point, zero_eigenvalue, None)
+    a, b1, b2, b3, omega, c1, trans, symmetric = coeffs
     kind = jnp.where(
         hopf, _HOPF, jnp.where(fold, _FOLD, jnp.where(symmetric, _PITCHFORK, _TRANSCRITICAL))
     )
-    used = jnp.where(hopf, jnp.stack([omega, jnp.abs(c1), trans]), jnp.stack([a, b1, b2]))
-    finite = jnp.all(jnp.isfinite(used)) & (hopf | ~symmetric | jnp.isfinite(b3))
     return dict(
-        kind=kind, eigenvalues=jnp.stack([lam, jnp.conj(lam)]), right=q, left=w,
+        kind=kind, eigenvalues=lam2, right=q, left=w,
         a=a, b1=b1, b2=b2, b3=b3, omega=omega, c1=c1, transversality=trans,
-    ), has, finite
+    ), result
 
 
 def _zeros_like(shapes):
@@ -628,16 +617,13 @@ def _events(problem, st: _State, lo, hi) -> BifurcationEvents:
         def classify(_):
             return _classify(problem, yb[:-1], yb[-1], hopf, fold)
 
-        cls, has, finite = jax.lax.cond(
+        cls, nf_result = jax.lax.cond(
             filled, classify, lambda _: _zeros_like(jax.eval_shape(classify, None)), None
         )
         f0, f1 = _psi(st.evs[j], hopf), _psi(st.rec_ev1[j], hopf)
         s = yb[-1]
         in_range = (lo - ptol <= s) & (s <= hi + ptol)
-        result = RESULTS.successful
-        result = result_where(~has, RESULTS.not_a_bifurcation, result)
-        result = result_where(~located, RESULTS.localisation_failed, result)
-        result = result_where(~finite, RESULTS.singular_linear_solve, result)
+        result = result_where(~located, RESULTS.localisation_failed, nf_result)
         up = (f1 > f0) | (~jnp.isfinite(f0 - f1) & hopf)
         return dict(
             valid=filled & in_range, index=j, parameter=s, state=yb[:-1],
