@@ -58,22 +58,18 @@ def test_args_form_and_pitchfork_location():
 
 
 def test_jit_vmap_matches_eager():
+    # One batch over both the initial state and the args (one compilation).
+    x0s = jnp.array([[0.0], [0.05]])
     aa = jnp.array([0.1, 0.4])
-    x0 = jnp.zeros(1)
-    run = jax.jit(jax.vmap(lambda a, p1: _run(x0, a, p1), in_axes=(0, None)))
-    batched = run(aa, 1.0)
-    for i, a in enumerate(aa):
-        _assert_branch_equal(batched, i, _run(x0, a))
+    run = jax.jit(jax.vmap(_run, in_axes=(0, 0, None)))
+    batched = run(x0s, aa, 1.0)
+    for i in range(2):
+        _assert_branch_equal(batched, i, _run(x0s[i], aa[i]))
     with pytest.raises(TypeError, match="events"):
         batched.bifurcations
     # A value check fires under jit.
     with raises_check("`p1`"):
-        jax.block_until_ready(run(aa, jnp.nan))
-    # vmap over the initial state.
-    x0s = jnp.array([[0.0], [0.05]])
-    batched = jax.jit(jax.vmap(lambda x: _run(x, 0.1)))(x0s)
-    for i, x in enumerate(x0s):
-        _assert_branch_equal(batched, i, _run(x, 0.1))
+        jax.block_until_ready(run(x0s, aa, jnp.nan))
 
 
 def test_result_codes():
