@@ -9,7 +9,7 @@ runs under `jax.jit` and `jax.vmap`, and eagerly it compiles once per vector fie
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import cast
 
 import equinox as eqx
 import jax
@@ -102,8 +102,10 @@ class BifurcationEvents(eqx.Module):
     eigenvalue), `right_eigenvector`, `left_eigenvector`, the coefficients `a, b1, b2, b3`
     (zero eigenvalue) and `omega, c1, transversality` (Hopf), `direction`, `located`, `result`
     per slot (`RESULTS.not_a_bifurcation` marks a spurious event: a test function changed but the
-    critical eigenvalue is not of the expected type) and `num_detected` (events flagged along
-    the branch; more than the number of slots means some were not stored).
+    critical eigenvalue is not of the expected type; `RESULTS.localisation_failed`; or the
+    normal-form solves' failure), `normal_form_result` (the coefficients' own result) and
+    `num_detected` (events flagged along the branch; more than the number of slots means some
+    were not stored).
     """
 
     valid: Bool[Array, " events"]
@@ -124,14 +126,18 @@ class BifurcationEvents(eqx.Module):
     direction: Int[Array, " events"]
     located: Bool[Array, " events"]
     result: RESULTS
+    normal_form_result: RESULTS
     num_detected: Int[Array, ""]
 
 
 def _host_length(length) -> int | None:
     """The valid length as a Python int, or `None` when it is traced or batched."""
-    if isinstance(length, jax.core.Tracer) or jnp.ndim(length) != 0:
+    if jnp.ndim(length) != 0:
         return None
-    return int(length)
+    try:
+        return int(length)
+    except jax.errors.ConcretizationTypeError:
+        return None
 
 
 class Branch(eqx.Module):
@@ -218,7 +224,9 @@ class Branch(eqx.Module):
         """Events whose critical eigenvalue was not of the expected type (not in
         `bifurcations`; their slots have `RESULTS.not_a_bifurcation`)."""
         ev = self.events
-        return int(np.sum(np.asarray(ev.valid) & np.asarray(ev.result == RESULTS.not_a_bifurcation)))
+        return int(
+            np.sum(np.asarray(ev.valid) & np.asarray(ev.result == RESULTS.not_a_bifurcation))
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -404,17 +412,37 @@ def _step_loop(problem, x0, s0, s1, h0, h_max, h_min, max_steps, detect, max_eve
     izero = jnp.array(0, jnp.int32)
 
     init = _State(
-        mode=jnp.array(_INIT), y=y_start, tau=sign * e_s, h=h0, anchor=y_start, num_iter=izero,
-        length=izero, num_records=izero, done=jnp.array(False), result=RESULTS.successful,
+        mode=jnp.array(_INIT),
+        y=y_start,
+        tau=sign * e_s,
+        h=h0,
+        anchor=y_start,
+        num_iter=izero,
+        length=izero,
+        num_records=izero,
+        done=jnp.array(False),
+        result=RESULTS.successful,
         left_range=jnp.array(False),
-        ys=jnp.zeros((size, n + 1), dtype), taus=jnp.zeros((size, n + 1), dtype),
-        evs=jnp.full((size, n), jnp.nan, cdtype), rec_h=jnp.zeros((size,), dtype),
-        rec_y1=jnp.zeros((size, n + 1), dtype), rec_tau1=jnp.zeros((size,), dtype),
+        ys=jnp.zeros((size, n + 1), dtype),
+        taus=jnp.zeros((size, n + 1), dtype),
+        evs=jnp.full((size, n), jnp.nan, cdtype),
+        rec_h=jnp.zeros((size,), dtype),
+        rec_y1=jnp.zeros((size, n + 1), dtype),
+        rec_tau1=jnp.zeros((size,), dtype),
         rec_ev1=jnp.full((size, n), jnp.nan, cdtype),
-        num_detected=izero, q_step=jnp.zeros((max_events,), izero.dtype),
-        q_hopf=jnp.zeros((max_events,), bool), q_best=jnp.zeros((max_events, n + 1), dtype),
-        q_found=jnp.zeros((max_events,), bool), q_located=jnp.zeros((max_events,), bool),
-        slot=izero, lo=zero, hi=zero, flo=zero, fhi=zero, side=izero, it=izero,
+        num_detected=izero,
+        q_step=jnp.zeros((max_events,), izero.dtype),
+        q_hopf=jnp.zeros((max_events,), bool),
+        q_best=jnp.zeros((max_events, n + 1), dtype),
+        q_found=jnp.zeros((max_events,), bool),
+        q_located=jnp.zeros((max_events,), bool),
+        slot=izero,
+        lo=zero,
+        hi=zero,
+        flo=zero,
+        fhi=zero,
+        side=izero,
+        it=izero,
         bracket=jnp.array(False),
     )
 
@@ -443,7 +471,8 @@ def _step_loop(problem, x0, s0, s1, h0, h_max, h_min, max_steps, detect, max_eve
 
         # Arclength step: accept, or halve the step.
         accept = (
-            ok & tangent_ok
+            ok
+            & tangent_ok
             & (jnp.linalg.norm(z - y_pred) <= 0.5 * st.h)
             & (tau_new @ st.tau >= 0.9)
         )
@@ -530,18 +559,37 @@ def _step_loop(problem, x0, s0, s1, h0, h_max, h_min, max_steps, detect, max_eve
         ).astype(st.mode.dtype)
         done = jnp.where(is_loc, slot_done, finish) & ~start
         return _State(
-            mode=mode, y=jnp.where(moves, z, st.y), tau=jnp.where(moves, tau_new, st.tau), h=h,
-            anchor=jnp.where(to_land, land_anchor, st.anchor), num_iter=st.num_iter + is_step,
-            length=st.length + append, num_records=st.num_records + record,
-            done=st.done | done, result=result,
+            mode=mode,
+            y=jnp.where(moves, z, st.y),
+            tau=jnp.where(moves, tau_new, st.tau),
+            h=h,
+            anchor=jnp.where(to_land, land_anchor, st.anchor),
+            num_iter=st.num_iter + is_step,
+            length=st.length + append,
+            num_records=st.num_records + record,
+            done=st.done | done,
+            result=result,
             left_range=st.left_range | (to_land & ~beyond_end),
-            ys=ys, taus=taus, evs=evs, rec_h=rec_h, rec_y1=rec_y1, rec_tau1=rec_tau1,
-            rec_ev1=rec_ev1, num_detected=num_detected, q_step=q_step, q_hopf=q_hopf,
-            q_best=q_best, q_found=q_found, q_located=q_located,
+            ys=ys,
+            taus=taus,
+            evs=evs,
+            rec_h=rec_h,
+            rec_y1=rec_y1,
+            rec_tau1=rec_tau1,
+            rec_ev1=rec_ev1,
+            num_detected=num_detected,
+            q_step=q_step,
+            q_hopf=q_hopf,
+            q_best=q_best,
+            q_found=q_found,
+            q_located=q_located,
             slot=pick(t, st.slot + slot_done, st.slot),
-            lo=pick(zero, new_lo, lo), hi=pick(rec_h[jt], new_hi, hi),
-            flo=pick(f0, new_flo, flo), fhi=pick(f1, new_fhi, fhi),
-            side=pick(izero, side, st.side), it=pick(izero, st.it + 1, st.it),
+            lo=pick(zero, new_lo, lo),
+            hi=pick(rec_h[jt], new_hi, hi),
+            flo=pick(f0, new_flo, flo),
+            fhi=pick(f1, new_fhi, fhi),
+            side=pick(izero, side, st.side),
+            it=pick(izero, st.it + 1, st.it),
             bracket=pick(bracket_t, st.bracket, st.bracket),
         )
 
@@ -575,14 +623,24 @@ def _classify(problem, x, s, hopf, fold):
 
     def zero_eigenvalue(_):
         nf, lam, q, w = at("branch_point")
+        nf = cast(BranchPointNormalForm, nf)
         coeffs = (nf.a, nf.b1, nf.b2, nf.b3, nan, cnan, nan, jnp.asarray(nf.symmetric))
         lam2 = jnp.stack([lam[0], jnp.conj(lam[0])])
         return coeffs, lam2, q.astype(ev.dtype), w.astype(ev.dtype), nf.result
 
     def hopf_point(_):
         nf, lam2, q, w = at("hopf")
-        coeffs = (nan, nan, nan, nan, nf.omega, nf.c1.astype(ev.dtype), nf.transversality,
-                  jnp.array(False))
+        nf = cast(HopfNormalForm, nf)
+        coeffs = (
+            nan,
+            nan,
+            nan,
+            nan,
+            nf.omega,
+            nf.c1.astype(ev.dtype),
+            nf.transversality,
+            jnp.array(False),
+        )
         return coeffs, lam2, q, w, nf.result
 
     coeffs, lam2, q, w, result = jax.lax.cond(hopf, hopf_point, zero_eigenvalue, None)
@@ -591,8 +649,17 @@ def _classify(problem, x, s, hopf, fold):
         hopf, _HOPF, jnp.where(fold, _FOLD, jnp.where(symmetric, _PITCHFORK, _TRANSCRITICAL))
     )
     return dict(
-        kind=kind, eigenvalues=lam2, right=q, left=w,
-        a=a, b1=b1, b2=b2, b3=b3, omega=omega, c1=c1, transversality=trans,
+        kind=kind,
+        eigenvalues=lam2,
+        right=q,
+        left=w,
+        a=a,
+        b1=b1,
+        b2=b2,
+        b3=b3,
+        omega=omega,
+        c1=c1,
+        transversality=trans,
     ), result
 
 
@@ -626,24 +693,53 @@ def _events(problem, st: _State, lo, hi) -> BifurcationEvents:
         result = result_where(~located, RESULTS.localisation_failed, nf_result)
         up = (f1 > f0) | (~jnp.isfinite(f0 - f1) & hopf)
         return dict(
-            valid=filled & in_range, index=j, parameter=s, state=yb[:-1],
-            direction=jnp.where(up, 1, -1), located=located, result=result, **cls,
+            valid=filled & in_range,
+            index=j,
+            parameter=s,
+            state=yb[:-1],
+            direction=jnp.where(up, 1, -1),
+            located=located,
+            result=result,
+            normal_form_result=nf_result,
+            **cls,
         )
 
     out = jax.lax.map(slot, jnp.arange(max_events))
     return BifurcationEvents(
-        valid=out["valid"], index=out["index"], kind=out["kind"], parameter=out["parameter"],
-        state=out["state"], eigenvalues=out["eigenvalues"], right_eigenvector=out["right"],
-        left_eigenvector=out["left"], a=out["a"], b1=out["b1"], b2=out["b2"], b3=out["b3"],
-        omega=out["omega"], c1=out["c1"], transversality=out["transversality"],
-        direction=out["direction"], located=out["located"], result=out["result"],
+        valid=out["valid"],
+        index=out["index"],
+        kind=out["kind"],
+        parameter=out["parameter"],
+        state=out["state"],
+        eigenvalues=out["eigenvalues"],
+        right_eigenvector=out["right"],
+        left_eigenvector=out["left"],
+        a=out["a"],
+        b1=out["b1"],
+        b2=out["b2"],
+        b3=out["b3"],
+        omega=out["omega"],
+        c1=out["c1"],
+        transversality=out["transversality"],
+        direction=out["direction"],
+        located=out["located"],
+        result=out["result"],
+        normal_form_result=out["normal_form_result"],
         num_detected=st.num_detected,
     )
 
 
 @eqx.filter_jit
 def continue_family(
-    problem: ContinuationProblem, x0, s0, s1, h0, h_max, h_min, max_steps: int, detect: bool,
+    problem: ContinuationProblem,
+    x0,
+    s0,
+    s1,
+    h0,
+    h_max,
+    h_min,
+    max_steps: int,
+    detect: bool,
     max_events: int,
 ) -> Branch:
     """The compiled continuation of `problem.family` from near `(x0, s0)` towards `s1`."""
@@ -673,7 +769,7 @@ def bifurcations_from_events(
 ) -> tuple[Bifurcation, ...]:
     """Host side: the `Bifurcation`s of the valid, non-spurious slots, in order along the
     branch."""
-    if isinstance(events.num_detected, jax.core.Tracer) or jnp.ndim(events.num_detected) != 0:
+    if _host_length(events.num_detected) is None:
         raise TypeError(
             "`bifurcations` is built on the host from a concrete, unbatched branch; under "
             "`jit`/`vmap` read `branch.events` (padded arrays) instead"
@@ -684,21 +780,42 @@ def bifurcations_from_events(
     for e in np.where(np.asarray(host.valid) & ~spurious)[0]:
         kind = KINDS[int(host.kind[e])]
         result = jtu.tree_map(lambda a, e=e: a[e], events.result)
-        scalar = lambda name: jnp.asarray(getattr(host, name)[e], dtype)
+        nf_result = jtu.tree_map(lambda a, e=e: a[e], events.normal_form_result)
+
+        def scalar(name, e=e):
+            return jnp.asarray(getattr(host, name)[e], dtype)
+
         if kind == "hopf":
             c1 = jnp.asarray(host.c1[e])
             nf: AbstractNormalForm = HopfNormalForm(
-                omega=scalar("omega"), c1=c1, l1=jnp.real(c1), transversality=scalar("transversality")
+                omega=scalar("omega"),
+                c1=c1,
+                l1=jnp.real(c1),
+                transversality=scalar("transversality"),
+                result=nf_result,
             )
             lam = jnp.asarray(host.eigenvalues[e])
-            right, left = jnp.asarray(host.right_eigenvector[e]), jnp.asarray(host.left_eigenvector[e])
+            right, left = (
+                jnp.asarray(host.right_eigenvector[e]),
+                jnp.asarray(host.left_eigenvector[e]),
+            )
         else:
             if kind == "fold":
-                nf = FoldNormalForm(a=scalar("a"), a_f=scalar("b2") / 2, b1=scalar("b1"), b2=scalar("b2"))
+                nf = FoldNormalForm(
+                    a=scalar("a"),
+                    a_f=scalar("b2") / 2,
+                    b1=scalar("b1"),
+                    b2=scalar("b2"),
+                    result=nf_result,
+                )
             else:
                 nf = BranchPointNormalForm(
-                    a=scalar("a"), b1=scalar("b1"), b2=scalar("b2"), b3=scalar("b3"),
+                    a=scalar("a"),
+                    b1=scalar("b1"),
+                    b2=scalar("b2"),
+                    b3=scalar("b3"),
                     symmetric=kind == "pitchfork",
+                    result=nf_result,
                 )
             lam = jnp.asarray(host.eigenvalues[e, :1])
             right = jnp.asarray(host.right_eigenvector[e].real, dtype)
@@ -802,7 +919,14 @@ def continuation(
     span = jnp.abs(s1 - s0)
     as_h = lambda v, default: default if v is None else jnp.asarray(v, dtype)
     return continue_family(
-        problem, x0, s0, s1, as_h(step_size, span / 50), as_h(max_step_size, span / 10),
-        as_h(min_step_size, 1e-8 * span), int(max_steps), bool(detect_bifurcations),
+        problem,
+        x0,
+        s0,
+        s1,
+        as_h(step_size, span / 50),
+        as_h(max_step_size, span / 10),
+        as_h(min_step_size, 1e-8 * span),
+        int(max_steps),
+        bool(detect_bifurcations),
         int(max_bifurcations),
     )

@@ -2,6 +2,7 @@
 checkpoints of a training run)."""
 
 from collections.abc import Callable
+from typing import cast
 
 import equinox as eqx
 import jax
@@ -113,9 +114,9 @@ def _scan(vector_field, static, dyn_seq, x0, opts, match):
     def body(carry, p_dyn):
         x_prev, vals_prev, vecs_prev = carry
         p = eqx.combine(p_dyn, static)
-        xs, results, _ = jax.vmap(
-            lambda x: newton(lambda y, a: vector_field(y, a), x, p, opts)
-        )(x_prev)
+        xs, results, _ = jax.vmap(lambda x: newton(lambda y, a: vector_field(y, a), x, p, opts))(
+            x_prev
+        )
         oks = results == RESULTS.successful
         x_carry = jnp.where(oks[:, None], xs, x_prev)
         vals, vecs = jax.vmap(lambda x: spectrum(x, p))(x_carry)
@@ -124,8 +125,7 @@ def _scan(vector_field, static, dyn_seq, x0, opts, match):
             if x0.shape[0] <= 8:
                 # Unrolled over the few branches so `lax.cond` skips the greedy fallback.
                 pairs = [
-                    _match(vecs_prev[b], vals_prev[b], vals[b], vecs[b])
-                    for b in range(x0.shape[0])
+                    _match(vecs_prev[b], vals_prev[b], vals[b], vecs[b]) for b in range(x0.shape[0])
                 ]
                 vals = jnp.stack([v for v, _ in pairs])
                 vecs = jnp.stack([v for _, v in pairs])
@@ -157,7 +157,7 @@ def _stack_sequence(params_sequence):
             "`params_sequence` must be a list of pytrees or a pytree whose array leaves share a "
             f"leading checkpoint axis; got leading sizes {sorted(map(str, sizes))}"
         )
-    if next(iter(sizes)) < 2:
+    if next(iter(sizes)) < 2:  # pyright: ignore[reportOptionalOperand]
         raise ValueError("`params_sequence` must hold at least two checkpoints")
     return dyn, static
 
@@ -212,7 +212,7 @@ def track_bifurcations(
         raise ValueError(f"`initial_states` must have shape (M, N), got {initial_states.shape}")
     if not jnp.issubdtype(initial_states.dtype, jnp.floating):
         initial_states = initial_states.astype(jnp.result_type(float))
-    initial_states = error_if_nonfinite(initial_states, "initial_states")
+    initial_states = cast(Array, error_if_nonfinite(initial_states, "initial_states"))
     dyn_seq, static = _stack_sequence(params_sequence)
     dyn_seq = error_if_nonfinite(dyn_seq, "params_sequence")
     num = jtu.tree_leaves(dyn_seq)[0].shape[0]
@@ -224,8 +224,14 @@ def track_bifurcations(
     n = initial_states.shape[1]
 
     fps = find_fixed_points(
-        vector_field, p_first, initial_states, rtol=opts.rtol, atol=opts.atol,
-        max_steps=max(64, newton_max_steps), slow_points=False, spectra=False,
+        vector_field,
+        p_first,
+        initial_states,
+        rtol=opts.rtol,
+        atol=opts.atol,
+        max_steps=max(64, newton_max_steps),
+        slow_points=False,
+        spectra=False,
     )
     x0 = fps.states[np.asarray(fps.unique)]
     if x0.shape[0] == 0:
@@ -249,7 +255,7 @@ def track_bifurcations(
     found: list[Bifurcation] = []
     if detect_bifurcations:
         changed = np.any(sig_np[1:] != sig_np[:-1], axis=-1)
-        re = np.sign(vals_np.real)
+        re = np.sign(np.real(vals_np))
         changed |= np.any(re[1:] != re[:-1], axis=-1)
         changed |= ~oks_np[1:]
         step = np.max(np.abs(xs_np[1:] - xs_np[:-1]), axis=-1)
@@ -287,9 +293,12 @@ def track_bifurcations(
     # A bifurcation exactly at a checkpoint is seen by both adjacent segments: keep one.
     unique: list[Bifurcation] = []
     for bf in found:
-        if unique and unique[-1].branch == bf.branch and unique[-1].kind == bf.kind and abs(
-            float(unique[-1].parameter) - float(bf.parameter)
-        ) <= 1e3 * opts.parameter_tol:
+        if (
+            unique
+            and unique[-1].branch == bf.branch
+            and unique[-1].kind == bf.kind
+            and abs(float(unique[-1].parameter) - float(bf.parameter)) <= 1e3 * opts.parameter_tol
+        ):
             continue
         unique.append(bf)
     found = sorted(unique, key=lambda bf: float(bf.parameter))

@@ -98,7 +98,9 @@ def test_branch_status_flags():
     assert branch.bifurcations == ()
     assert branch.result == ds.RESULTS.no_fixed_point and branch.num_steps == 1
     # Steps too short to reach p1 within max_steps (same compilation as the pitchfork test).
-    branch = ds.continuation(scalar_ctrnn, jnp.zeros(1), 0.5, 1.5, step_size=1e-4, max_step_size=1e-4)
+    branch = ds.continuation(
+        scalar_ctrnn, jnp.zeros(1), 0.5, 1.5, step_size=1e-4, max_step_size=1e-4
+    )
     assert branch.status == "max_steps" and not branch.successful
     assert branch.result == ds.RESULTS.continuation_max_steps
 

@@ -25,7 +25,13 @@ def shifted_pitchfork(x, mu, a):
 def _run(x0, a, p1=1.0, step=None):
     a = jnp.stack([jnp.asarray(a, x0.dtype), jnp.zeros((), x0.dtype)])
     return ds.continuation(
-        shifted_pitchfork, x0, -0.5, p1, args=a, max_steps=MAX_STEPS, step_size=step,
+        shifted_pitchfork,
+        x0,
+        -0.5,
+        p1,
+        args=a,
+        max_steps=MAX_STEPS,
+        step_size=step,
         max_step_size=step,
     )
 
@@ -66,7 +72,7 @@ def test_jit_vmap_matches_eager():
     for i in range(2):
         _assert_branch_equal(batched, i, _run(x0s[i], aa[i]))
     with pytest.raises(TypeError, match="events"):
-        batched.bifurcations
+        _ = batched.bifurcations
     # A value check fires under jit.
     with raises_check("`p1`"):
         jax.block_until_ready(run(x0s, aa, jnp.nan))
