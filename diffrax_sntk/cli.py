@@ -18,6 +18,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     import diffrax_sntk as ds
 
+    from ._misc import participation_ratio
+
     t_start = time.perf_counter()
     key_model, key_y0 = jr.split(jr.PRNGKey(args.seed))
     model = ds.CTRNN(args.hidden, key=key_model, gain=args.gain)
@@ -28,7 +30,7 @@ def _demo(args: argparse.Namespace) -> int:
     mat = np.asarray(eqx.filter_jit(lambda op: op.as_matrix())(theta))
     eig = np.sort(np.linalg.eigvalsh(mat))[::-1]
     eig = np.clip(eig, 0.0, None)
-    pr = eig.sum() ** 2 / (eig**2).sum()
+    pr = float(participation_ratio(eig))
     print(
         f"sNTK of a CTRNN (N={args.hidden}, gain={args.gain}), {args.batch} trials x "
         f"{args.times} times: Θ is {dim} x {dim}"
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rep.add_argument("--out", default="sntk_out", help="output folder (default: sntk_out)")
     size = rep.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="small sizes (< 2 minutes)")
+    size.add_argument("--quick", action="store_true", help="small sizes (a quick check)")
     size.add_argument("--full", action="store_true", help="paper-scale sizes (long)")
     rep.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     rep.add_argument("--steps", type=int, default=None, help="override the number of steps")

@@ -47,6 +47,8 @@ def test_report_files_and_schema(cli_run):
     assert len(curves["loss_sgd"]) == STEPS + 1 and len(curves["loss_ng"]) == STEPS + 1
     assert all(v is not None and v > 0 for v in curves["pr"])
     assert set(report["optimizer_losses"]) == {"sgd", "sgd_clip", "adam", "ng1", "ng2", "ng4"}
+    # The natural gradient's failed refreshes are reported with the run (none here).
+    assert curves["ng_refresh_failures"] == 0
     with open(os.path.join(out, "summary.md")) as f:
         text = f.read()
     assert "C4_normal_form" in text and "p-value" in text
@@ -119,6 +121,21 @@ def test_config_validation():
         StudentTeacherConfig(learning_rates=(0.1, -1.0))
     assert StudentTeacherConfig(student="independent").trained == ("W", "b", "U")
     assert StudentTeacherConfig().trained == ("W",)
+
+
+def test_needs_float64_and_leaves_the_global_config_alone(tmp_path):
+    # The experiment checks for float64 and raises; it never turns it on itself (library code
+    # must not change global JAX configuration; the CLI does it).
+    import jax
+
+    cfg = StudentTeacherConfig.preset("quick", steps=STEPS)
+    with jax.enable_x64(False):
+        with pytest.raises(ValueError, match="`run_student_teacher` needs float64"):
+            run_student_teacher(cfg, None, progress=False, figures=False)
+        with pytest.raises(ValueError, match="`run_sweep` needs float64"):
+            run_sweep(str(tmp_path), [cfg], [0], progress=False, figures=False)
+        assert not jax.config.read("jax_enable_x64")
+    assert not os.listdir(tmp_path)  # nothing was started
 
 
 @pytest.mark.slow

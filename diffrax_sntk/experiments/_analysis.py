@@ -18,6 +18,7 @@ import numpy as np
 
 import diffrax_sntk as ds
 
+from .._misc import participation_ratio
 from . import _criteria as C
 from ._config import StudentTeacherConfig
 from ._run import Setup, make_problem, mse, observation_times, param_spec, use_exact
@@ -107,7 +108,7 @@ def _state_response(cfg, model, problem, spec, exact):
     if exact:
         jm, (_, sv, vt) = _gram(model, problem, spec)
         s = np.asarray(sv) ** 2
-        pr = float(s.sum() ** 2 / np.sum(s**2))
+        pr = float(participation_ratio(s))
         gap = float(s[0] / s[1]) if s[1] > 0 else math.inf
         u_flat = vt[0]
         response = np.asarray(jm @ u_flat).reshape(cfg.trials, cfg.times, cfg.hidden)
@@ -318,6 +319,8 @@ def analyse_run(
                                                       np.arange(len(ng_steps)), ng_steps))}
             for b in ng_track.bifurcations if b.branch == 0],
         "ng_tracking_error": ng_note,
+        # Failed eigenbasis refreshes of the natural-gradient run (each kept the previous basis).
+        "ng_refresh_failures": int(ng.get("refresh_failures", 0)),
     }
     return {"criteria": criteria, "bifurcations": bif_list, "first_bifurcation_kind": kind,
             "at_crossing": C._clean(at), "curves": curves}

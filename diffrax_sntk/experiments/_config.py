@@ -6,7 +6,20 @@ import dataclasses
 import hashlib
 import json
 
+import jax
+
 __all__ = ["StudentTeacherConfig"]
+
+
+def require_x64(name: str) -> None:
+    """Raises unless float64 is enabled. The experiment never enables it itself: a library call
+    must not change global JAX configuration (the `diffrax-sntk` command does enable it)."""
+    if not jax.config.read("jax_enable_x64"):
+        raise ValueError(
+            f"`{name}` needs float64 (the effective rank and the normal forms lose their small "
+            "eigenvalues in float32): call `jax.config.update(\"jax_enable_x64\", True)` at the "
+            "start of your program (the `diffrax-sntk` command does)."
+        )
 
 _STUDENTS = ("shared", "independent")
 _TRAINABLE = ("W", "W,b,U")

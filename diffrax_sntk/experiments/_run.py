@@ -3,7 +3,7 @@ r"""Set-up and training of the student–teacher experiment, vmapped over seeds 
 Everything here is a pure JAX function of a seed's key and the (static) configuration, so the
 seeds of one configuration — and the learning rates of its optimizer comparison — run as one
 compiled program per optimizer (`jax.vmap` over learning rates inside `jax.vmap` over seeds).
-Only the public API of `diffrax_sntk` is used.
+Only the public API of `diffrax_sntk` is used, besides its shared helper `participation_ratio`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import optax
 
 import diffrax_sntk as ds
 
+from .._misc import participation_ratio
 from ._config import StudentTeacherConfig
 
 __all__ = ["Setup", "setup", "make_problem", "param_spec", "train", "evaluate", "OPTIMIZERS"]
@@ -193,35 +194,43 @@ def _train_one(cfg, name, lr, student, y0, target):
         # The optimizer state is not frozen: its step counter must stay unbatched (see above).
         return (_tree_where(dead_new, p, p_new), s_new, dead_new), record
 
-    (p_last, _, dead), (losses, history) = jax.lax.scan(
+    (p_last, s_last, dead), (losses, history) = jax.lax.scan(
         step, (params, opt_state, jnp.asarray(False)), None, length=cfg.steps
     )
     last = jnp.where(dead, jnp.inf, loss_of(p_last))
     losses = jnp.concatenate([losses, last[None]])
     history = jax.tree_util.tree_map(lambda h, x: jnp.concatenate([h, x[None]]), history, p_last)
-    return losses, history
+    # The natural gradient's failed refreshes (kept eigenpairs) are reported with the run.
+    failures = (s_last.num_refresh_failures if name.startswith("ng")
+                else jnp.zeros((), jnp.int32))
+    return losses, history, failures
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _train(cfg, name, lrs, students, y0s, targets):
     # Seeds are vmapped, rates run one after another: a vmapped adaptive solve takes as many
     # steps as its stiffest member, and the stiff members (weights grown by a large rate) are
-    # those of one rate; rates in one batch made Adam's comparison ~5x slower.
+    # those of one rate; batching the rates would make every rate pay for the stiffest one.
     per_rate = lambda lr: jax.vmap(lambda st, y0, tg: _train_one(cfg, name, lr, st, y0, tg))(
         students, y0s, targets)
-    losses, history = jax.lax.map(per_rate, lrs)
+    losses, history, failures = jax.lax.map(per_rate, lrs)
     swap = lambda x: jnp.swapaxes(x, 0, 1)
-    return swap(losses), jax.tree_util.tree_map(swap, history)
+    return swap(losses), jax.tree_util.tree_map(swap, history), swap(failures)
 
 
-def train(cfg: StudentTeacherConfig, name: str, learning_rates, batch: Setup):
+def train(cfg: StudentTeacherConfig, name: str, learning_rates, batch: Setup, *,
+          refresh_failures: bool = False):
     """Train every seed of `batch` with optimizer `name` at every learning rate.
 
     **Returns:** `(losses, history)`: losses `(seeds, rates, steps + 1)` (inf once diverged) and
     the trained parameters at every step `(seeds, rates, steps + 1, ...)` (a filtered CTRNN).
+    With `refresh_failures=True` also the natural gradient's count of failed eigenbasis
+    refreshes per run `(seeds, rates)` (zeros for the other optimizers).
     """
     lrs = jnp.asarray(learning_rates, dtype=jnp.result_type(float))
-    return _train(canonical(cfg), name, lrs, batch.student, batch.y0, batch.target)
+    losses, history, failures = _train(canonical(cfg), name, lrs, batch.student, batch.y0,
+                                       batch.target)
+    return (losses, history, failures) if refresh_failures else (losses, history)
 
 
 def _evaluate_one(cfg, params, student, y0, top_k, key):
@@ -235,8 +244,7 @@ def _evaluate_one(cfg, params, student, y0, top_k, key):
         jm = J.as_matrix()
         # The nonzero spectrum of Θ = J Jᵀ is that of the small Gram matrix JᵀJ.
         s = jnp.clip(jnp.linalg.eigvalsh(jm.T @ jm)[::-1], 0.0, None)
-        pr = s.sum() ** 2 / jnp.sum(s**2)
-        return pr, s[:top_k]
+        return participation_ratio(s), s[:top_k]
     theta = ds.sntk_operator(model, problem, filter_spec=spec)
     est = ds.effective_rank(theta, key=key)
     return est.estimate, jnp.full((top_k,), jnp.nan)

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import _criteria as C
 from ._analysis import analyse_run, stable_learning_rate
-from ._config import StudentTeacherConfig
+from ._config import StudentTeacherConfig, require_x64
 from ._run import (
     OPTIMIZERS,
     evaluate,
@@ -49,7 +49,7 @@ CRITERIA = ("C1_localisation", "C2_depth", "C3_channel", "C4_normal_form", "C5_o
 # The natural-gradient run is evaluated (PR, λ_c) at every `_NG_EVAL_STRIDE`-th evaluation.
 _NG_EVAL_STRIDE = 4
 # Bump when the training or evaluation programs change: older caches are then ignored.
-_CACHE_VERSION = "2"
+_CACHE_VERSION = "3"
 
 
 def load_runs(path: str) -> list[dict]:
@@ -97,6 +97,7 @@ def run_group(
     `cfg.learning_rates` is the grid; `done(config)` skips finished runs (a seed is trained only
     if one of its runs is unfinished); `on_record` receives each record as soon as it exists.
     """
+    require_x64("run_group")
     lrs = tuple(cfg.learning_rates)
     configs = {(s, lr): dataclasses.replace(cfg, seed=int(s), learning_rate=float(lr))
                for s in seeds for lr in lrs}
@@ -116,15 +117,19 @@ def run_group(
         if loaded is None:
             log(f"  ignoring {cache}: written by another version or dtype")
         else:
-            losses, histories, pr, top, ng_pr, timings = loaded
+            losses, histories, failures, pr, top, ng_pr, timings = loaded
             log(f"  loaded the training results from {cache}")
     if loaded is None:
         try:
-            losses, histories = {}, {}
+            losses, histories, failures = {}, {}, {}
             for name in OPTIMIZERS if ng in OPTIMIZERS else OPTIMIZERS + (ng,):
                 t = time.perf_counter()
-                L, H = train(cfg, name, lrs, batch)
+                L, H, F = train(cfg, name, lrs, batch, refresh_failures=True)
                 losses[name] = np.asarray(L)
+                failures[name] = np.asarray(F)
+                if failures[name].any():
+                    log(f"  {name}: {int(failures[name].sum())} failed eigenbasis refreshes "
+                        "(previous basis kept; counted per run in the records)")
                 if name in ("sgd", ng):
                     histories[name] = H
                 log(f"  trained {name} on {len(todo_seeds)} seeds x {len(lrs)} rates "
@@ -140,7 +145,7 @@ def run_group(
             timings = time_steps(cfg, batch)
             log(f"  timed the steps in {time.perf_counter() - t:.1f} s")
             if cache is not None:
-                _save_training(cache, losses, histories, pr, top, ng_pr, timings)
+                _save_training(cache, losses, histories, failures, pr, top, ng_pr, timings)
         except Exception as e:  # e.g. a solve that failed for one seed: every run reports it
             message = f"training failed: {type(e).__name__}: {e}"
             log(message)
@@ -183,7 +188,8 @@ def run_group(
                 sgd = {"losses": losses["sgd"][i, j], "pr": pr[i, j], "top": top[i, j],
                        "history": _seed_slice(_seed_slice(histories["sgd"], i), j)}
                 ngd = {"losses": losses[ng][i, j], "pr": ng_pr[i, j], "eval_idx": ng_idx,
-                       "history": _seed_slice(_seed_slice(histories[ng], i), j)}
+                       "history": _seed_slice(_seed_slice(histories[ng], i), j),
+                       "refresh_failures": int(failures[ng][i, j])}
                 rec = analyse_run(configs[s, lr], seed_setup, sgd, ngd, baselines, timings,
                                   rates, landscape=landscape)
                 rec["optimizer_losses"] = {
@@ -199,8 +205,9 @@ def run_group(
     return records
 
 
-def _save_training(path, losses, histories, pr, top, ng_pr, timings):
+def _save_training(path, losses, histories, failures, pr, top, ng_pr, timings):
     arrays = {f"loss/{k}": v for k, v in losses.items()}
+    arrays.update({f"refresh_failures/{k}": v for k, v in failures.items()})
     for name, h in histories.items():
         for i, leaf in enumerate(jax.tree_util.tree_leaves(h)):
             arrays[f"history/{name}/{i}"] = np.asarray(leaf)
@@ -220,13 +227,15 @@ def _load_training(path, treedef):
         if "stamp" not in z.files or str(z["stamp"]) != _cache_stamp():
             return None
         losses = {k[5:]: z[k] for k in z.files if k.startswith("loss/")}
+        failures = {k[len("refresh_failures/"):]: z[k] for k in z.files
+                    if k.startswith("refresh_failures/")}
         histories = {}
         for name in {k.split("/")[1] for k in z.files if k.startswith("history/")}:
             leaves = [jax.numpy.asarray(z[f"history/{name}/{i}"])
                       for i in range(treedef.num_leaves)]
             histories[name] = jax.tree_util.tree_unflatten(treedef, leaves)
         timings = {"sgd": z["time_sgd"].tolist(), "ng": z["time_ng"].tolist()}
-        return losses, histories, z["pr"], z["top"], z["ng_pr"], timings
+        return losses, histories, failures, z["pr"], z["top"], z["ng_pr"], timings
 
 
 def _group_config(config: dict) -> dict:
@@ -276,7 +285,9 @@ def run_sweep(
     """Run every configuration group over `seeds` and write `runs.jsonl`, `summary.json`,
     `summary.md` and the figures to `out_dir`. With `resume`, runs already in `runs.jsonl` with
     an identical configuration and no error are skipped (and kept); without it, `runs.jsonl`
-    starts afresh. **Returns:** the summary."""
+    starts afresh. Needs float64 enabled (`jax_enable_x64`; the CLI does it). **Returns:** the
+    summary."""
+    require_x64("run_sweep")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "runs.jsonl")
     if resume:

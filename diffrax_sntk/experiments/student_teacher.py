@@ -19,9 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import jax
-
-from ._config import StudentTeacherConfig
+from ._config import StudentTeacherConfig, require_x64
 from ._sweep import run_group
 
 __all__ = ["StudentTeacherConfig", "run_student_teacher", "REPORT_SCHEMA", "Interrupted"]
@@ -38,7 +36,8 @@ REPORT_SCHEMA: dict[str, str] = {
     "s1/s2, channel energy fraction, dominant overlap, alignment, normal-form and reduced "
     "coefficients, and the loss landscape along u1 with its pinned-centre check",
     "curves": "eval_steps, pr, lam_c, top (sNTK eigenvalues), loss_sgd, loss_ng, and the "
-    "natural-gradient run's ng_eval_steps, ng_pr, ng_lam_c, ng_bifurcations",
+    "natural-gradient run's ng_eval_steps, ng_pr, ng_lam_c, ng_bifurcations, "
+    "ng_refresh_failures (failed eigenbasis refreshes, each keeping the previous basis)",
     "optimizer_losses": "loss curve of every optimizer (sgd, sgd_clip, adam, ng1, ng2, ng4) at "
     "the run's learning rate",
     "error": "null, or the message of an analysis failure",
@@ -82,12 +81,7 @@ def run_student_teacher(
     The report dictionary; its schema is `REPORT_SCHEMA`. Enable float64 (`jax_enable_x64`)
     before calling: the spectral quantities need it (the CLI does).
     """
-    if not jax.config.jax_enable_x64:
-        raise ValueError(
-            "run_student_teacher needs float64 (the effective rank and the normal forms lose "
-            "their small eigenvalues in float32): call "
-            '`jax.config.update("jax_enable_x64", True)` first (the CLI does).'
-        )
+    require_x64("run_student_teacher")
     cfg = StudentTeacherConfig() if config is None else config
     if cfg.learning_rate not in cfg.learning_rates:
         cfg = dataclasses.replace(
