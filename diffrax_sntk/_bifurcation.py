@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
 import numpy as np
-import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Complex, Float, Int, PyTree, Shaped
 
+from ._fixed_points import newton_solve
 from ._misc import (
     RESULTS,
     check_vector_field,
@@ -280,22 +280,6 @@ def make_options(dtype, rtol, atol, newton_max_steps, parameter_tol, symmetry_to
 # Kernels shared by the stepper, the localisation and the tracking scan.
 
 
-def newton(fn, y0, args, opts: _Options):
-    """optimistix Newton without raising; returns `(y, result, num_steps)` with the optimistix
-    result promoted and non-finite iterates reported as `nonlinear_divergence`."""
-    sol = optx.root_find(
-        fn,
-        optx.Newton(rtol=opts.rtol, atol=opts.atol),
-        y0,
-        args=args,
-        max_steps=opts.newton_max_steps,
-        throw=False,
-    )
-    result = RESULTS.promote(sol.result)
-    result = result_where(~jnp.all(jnp.isfinite(sol.value)), RESULTS.nonlinear_divergence, result)
-    return sol.value, result, sol.stats["num_steps"]
-
-
 def _correct(problem: ContinuationProblem, anchor, normal):
     """Newton on `f(x, s) = 0, normalᵀ(z − anchor) = 0` from `anchor`: the pseudo-arclength
     corrector (`normal = τ`, `anchor = y + hτ`), or a solve at fixed `s` (`normal = e_s`)."""
@@ -304,7 +288,8 @@ def _correct(problem: ContinuationProblem, anchor, normal):
         res = problem.family(z[:-1], z[-1], args)
         return jnp.concatenate([res, (normal @ (z - anchor))[None]])
 
-    return newton(fn, anchor, problem.args, problem.opts)
+    opts = problem.opts
+    return newton_solve(fn, anchor, problem.args, opts.rtol, opts.atol, opts.newton_max_steps)
 
 
 def _sorted_eigenvalues(A):

@@ -17,9 +17,8 @@ from ._bifurcation import (
     bifurcations_from_events,
     continue_family,
     make_options,
-    newton,
 )
-from ._fixed_points import find_fixed_points
+from ._fixed_points import find_fixed_points, newton_solve
 from ._misc import RESULTS, check_vector_field, eigen_signature, error_if_nonfinite
 from ._normal_forms import LineFamily
 
@@ -114,9 +113,9 @@ def _scan(vector_field, static, dyn_seq, x0, opts, match):
     def body(carry, p_dyn):
         x_prev, vals_prev, vecs_prev = carry
         p = eqx.combine(p_dyn, static)
-        xs, results, _ = jax.vmap(lambda x: newton(lambda y, a: vector_field(y, a), x, p, opts))(
-            x_prev
-        )
+        xs, results, _ = jax.vmap(
+            lambda x: newton_solve(vector_field, x, p, opts.rtol, opts.atol, opts.newton_max_steps)
+        )(x_prev)
         oks = results == RESULTS.successful
         x_carry = jnp.where(oks[:, None], xs, x_prev)
         vals, vecs = jax.vmap(lambda x: spectrum(x, p))(x_carry)
