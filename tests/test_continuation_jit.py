@@ -90,6 +90,17 @@ def test_result_codes():
     assert far.bifurcations == ()
 
 
+def test_spurious_event_is_recorded():
+    # Two real eigenvalues cross zero together (a double, non-generic crossing): the number of
+    # unstable eigenvalues changes with det f_x unchanged, which flags a Hopf test, but there is
+    # no complex pair. The event is recorded as `not_a_bifurcation`, not listed, not dropped.
+    branch = _run(jnp.zeros(2), 0.25)
+    assert branch.successful and branch.bifurcations == ()
+    assert int(branch.events.num_detected) == 1 and branch.num_spurious_events == 1
+    first = jax.tree.map(lambda leaf: leaf[0], branch.events.result)
+    assert first == ds.RESULTS.not_a_bifurcation
+
+
 class _Field(eqx.Module):
     """ẋ = μx − x³ + ε(mlp(x) − mlp(0)): the trivial branch stays, the MLP shifts the branch
     point to μ = −ε·mlp'(0)."""
