@@ -1,11 +1,13 @@
 """Pseudo-arclength continuation of equilibria with detection, localisation and classification of
 codimension-one bifurcations (fold, transcritical, pitchfork, Hopf).
 
-The continuation is one compiled program: a `lax.while_loop` stepper writes a padded branch
-buffer with a valid length, per-point eigenvalue signatures and a per-step event mask; a
-post-pass over the flagged steps (a fixed number of event slots) localises each event by
-regula falsi on its test function and computes the normal-form coefficients. So `continuation`
-runs under `jax.jit` and `jax.vmap`, and eagerly it compiles once per vector field.
+The continuation is one compiled program. A `lax.while_loop` stepper writes a padded branch
+buffer with a valid length; the steps whose eigenvalue signature changes are queued into a fixed
+number of event slots and, once the stepping ends, the same loop localises each queued event by
+regula falsi on its test function, with the same corrector as the steps. A post-pass over the
+slots classifies each event and computes its normal-form coefficients (`normal_form_at`). So
+`continuation` runs under `jax.jit` and `jax.vmap`, and eagerly it compiles once per vector
+field and configuration.
 """
 
 from collections.abc import Callable
@@ -277,7 +279,7 @@ def make_options(dtype, rtol, atol, newton_max_steps, parameter_tol, symmetry_to
 
 
 # ------------------------------------------------------------------------------------------------
-# Kernels shared by the stepper, the localisation and the tracking scan.
+# The corrector and the spectral analysis: every iteration of the stepper runs each once.
 
 
 def _correct(problem: ContinuationProblem, anchor, normal):
@@ -855,9 +857,15 @@ def continuation(
     branch point, classified as a pitchfork when `b2 = 0` (Z2 symmetry) and a transcritical
     otherwise. Normal-form coefficients follow the conventions in `docs/bifurcations.md`.
 
-    The whole computation is one compiled program (a `lax.while_loop` stepper writing a padded
-    buffer, then a post-pass over the flagged steps), so it runs under `jax.jit` and
-    `jax.vmap` (over `x0`, `args`, `p0`, `p1`); eagerly it compiles once per vector field.
+    The whole computation is one compiled program (a `lax.while_loop` that steps, then
+    localises the queued events with the same corrector, and a classification post-pass over
+    the event slots), so it runs under `jax.jit` and `jax.vmap` (over `x0`, `args`, `p0`, `p1`;
+    each batch member equals the eager result). Eagerly it compiles once per vector field and
+    per value of the static settings (`max_steps`, the tolerances, `max_bifurcations`); the
+    step sizes are traced. Spurious events (a test function changed but the critical eigenvalue
+    is not of the expected type) are kept in `branch.events` with
+    `RESULTS.not_a_bifurcation` and counted by `branch.num_spurious_events`; they are not in
+    `branch.bifurcations`.
 
     **Arguments:**
 
