@@ -3,8 +3,9 @@ r"""Matrix-free sNTK operators as lineax operators.
 - `jacobian_operator`: J = ∂X/∂θ, parameters → state tangents (B, T, N). `J.mv` is one tangent
   (forward-mode) solve; `J.transpose().mv` is one adjoint (reverse-mode) solve.
 - `sntk_operator`: Θ = J Jᵀ (symmetric, PSD), in state space or readout space.
-- `propagator`, `adjoint_propagator`, `parameter_operator`: the continuous-time KPFlow factors
-  with Θ ≈ P K P* (observation sampling O is folded into P and P*).
+
+The continuous-time KPFlow factors P, P*, K (Θ ≈ P K P*) live in `_kpflow.py`; they are
+re-exported from here for existing imports.
 
 Why a custom operator class: lineax's `FunctionLinearOperator.transpose` calls
 `jax.linear_transpose`, which cannot transpose through diffrax's while loops. Here we know the
@@ -24,14 +25,13 @@ import jax.flatten_util as jfu
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
-import numpy as np
 from jaxtyping import Array, Float, PyTree
 
 from ._problem import (
     TrajectoryProblem,
-    adaptive_controller,
     check_model,
-    integrate,
+    check_params,
+    check_solved,
     partition_model,
     trajectory_fn,
 )
@@ -190,16 +190,22 @@ def _(operator):
 # J, Jᵀ, Θ
 
 
+# A failed solve (e.g. `max_steps`) must not hand back a garbage derivative. The check sits on
+# the derivative itself: `eqx.error_if` on the primal does not guard its tangent, and under `jit`
+# a check that nothing consumes is pruned.
+
+
 def _jvp(params, static, problem, space, tangent):
-    fn = trajectory_fn(static, problem, space, "forward")
-    return jax.jvp(fn, (params,), (tangent,))[1]
+    fn = trajectory_fn(static, problem, space, "forward", with_failure=True)
+    _, out, failed = jax.jvp(fn, (params,), (tangent,), has_aux=True)
+    return check_solved(out, failed)
 
 
 def _vjp(params, static, problem, space, cotangent):
-    fn = trajectory_fn(static, problem, space, "reverse")
-    _, pullback = jax.vjp(fn, params)
+    fn = trajectory_fn(static, problem, space, "reverse", with_failure=True)
+    _, pullback, failed = jax.vjp(fn, params, has_aux=True)
     (out,) = pullback(cotangent)
-    return out
+    return check_solved(out, failed)
 
 
 def _theta_mv(params, static, problem, space, vector):
@@ -269,7 +275,10 @@ def _prepare(model, problem, space, filter_spec):
     params, static = partition_model(model, filter_spec)
     if not jtu.tree_leaves(params):
         raise ValueError("`model` has no parameters selected by `filter_spec`.")
-    # The output shape without tracing a solve (`eval_shape` of a diffeqsolve costs ~1-2 s).
+    # Every operator closes over these parameters, so the check fires at each matvec under
+    # `jit` (and at construction outside it), without copying them to the host.
+    params = check_params(params)
+    # The output shape without tracing a solve (an `eval_shape` of a diffeqsolve is slow).
     x = jax.ShapeDtypeStruct((problem.state_size,), problem.dtype)
     if space == "output":
         y = eqx.filter_eval_shape(lambda m, xx: m.readout(xx), model, x)
@@ -382,221 +391,12 @@ def sntk_operator(
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# KPFlow factors in continuous time
-
-
-def quadrature_grid(
-    problem: TrajectoryProblem, order: int = 4
-) -> tuple[Float[Array, " nodes"], Float[Array, " nodes"]]:
-    """Gauss–Legendre nodes and weights, `order` per observation interval [t_{k-1}, t_k]
-    (with t_{-1} = t0), on which the KPFlow factors represent functions of time.
-
-    **Returns:**
-
-    `(nodes, weights)`, each of shape `(time * order,)`. A zero-length first interval (when
-    `ts[0] == t0`) gets nodes at t0 with zero weight.
-    """
-    if not isinstance(order, int) or order < 1:
-        raise ValueError(f"`order` must be a positive int, got {order!r}.")
-    x, w = np.polynomial.legendre.leggauss(order)
-    edges = jnp.concatenate([problem.t0[None], problem.ts])
-    a, b = edges[:-1], edges[1:]
-    half = (b - a)[:, None] / 2
-    nodes = (a[:, None] + half * (jnp.asarray(x, problem.dtype)[None] + 1)).reshape(-1)
-    weights = (half * jnp.asarray(w, problem.dtype)[None]).reshape(-1)
-    return nodes, weights
-
-
-def _kicked_trial(params, static, problem, order, x0, trial_inputs, kicks, adjoint):
-    # States at the observation times when the state receives additive kicks `kicks[j]` at the
-    # quadrature nodes: ∂x(t_k)/∂kick_j = Φ(t_k, τ_j), the state-transition matrix. One scan
-    # over all segments (nodes and observation times interleaved) keeps a single diffeqsolve in
-    # the compiled program.
-    nodes, _ = quadrature_grid(problem, order)
-    num_t, n = problem.num_times, problem.state_size
-    ends = jnp.concatenate([nodes.reshape(num_t, order), problem.ts[:, None]], axis=1).reshape(-1)
-    starts = jnp.concatenate([problem.t0[None], ends[:-1]])
-    kicks = jnp.concatenate(
-        [kicks.reshape(num_t, order, n), jnp.zeros((num_t, 1, n), kicks.dtype)], axis=1
-    ).reshape(-1, n)
-    controller = adaptive_controller(problem)
-
-    def segment(x, inp):
-        ta, tb, kick = inp
-        # Zero-length segments (coincident nodes) are skipped rather than solved.
-        x = jax.lax.cond(
-            tb > ta,
-            lambda xx: integrate(
-                params, static, problem, xx, trial_inputs, adjoint, ta, tb, "end", controller
-            ),
-            lambda xx: xx,
-            x,
-        )
-        x = x + kick
-        return x, x
-
-    _, xs = jax.lax.scan(segment, x0, (starts, ends, kicks))
-    return xs.reshape(num_t, order + 1, n)[:, -1]
-
-
-def _kicked(params, static, problem, order, kicks, adjoint):
-    return jax.vmap(_kicked_trial, in_axes=(None, None, None, None, 0, 0, 0, None))(
-        params, static, problem, order, problem.y0, problem.per_trial_inputs(), kicks, adjoint
-    )
-
-
-def _p_mv(params, static, problem, order, forcing):
-    _, w = quadrature_grid(problem, order)
-    zero = jnp.zeros_like(forcing)
-    fn = lambda k: _kicked(params, static, problem, order, k, dfx.ForwardMode())
-    return jax.jvp(fn, (zero,), (forcing * w[None, :, None],))[1]
-
-
-def _pstar_mv(params, static, problem, order, weighted, cotangent):
-    zero = jnp.zeros(
-        (problem.batch_size, problem.num_times * order, problem.state_size), problem.dtype
-    )
-    fn = lambda k: _kicked(params, static, problem, order, k, problem.adjoint)
-    _, pullback = jax.vjp(fn, zero)
-    (lam,) = pullback(cotangent)
-    if weighted:
-        _, w = quadrature_grid(problem, order)
-        lam = lam * w[None, :, None]
-    return lam
-
-
-def _node_states(params, static, problem, order):
-    nodes, _ = quadrature_grid(problem, order)
-    controller = adaptive_controller(problem)
-
-    def one(x0, tr):
-        # Integrate through the observation times so the node states come from the same kind
-        # of solve as the kicked trajectory.
-        return integrate(
-            params, static, problem, x0, tr, problem.adjoint, None, None, nodes, controller
-        )
-
-    # `SaveAt(ts=...)` needs t0 <= nodes; a zero-length first interval puts nodes at t0.
-    return jax.vmap(one)(problem.y0, problem.per_trial_inputs())
-
-
-def _k_mv(params, static, problem, order, lam):
-    return _k_apply(params, static, problem, order, lam, weighted_in=True)
-
-
-def _k_apply(params, static, problem, order, lam, weighted_in):
-    nodes, w = quadrature_grid(problem, order)
-    w3 = w[None, :, None]
-    xs = _node_states(params, static, problem, order)
-    us = problem.per_trial_inputs()
-
-    def f_params(p, t, x, tr):
-        return eqx.combine(p, static)(t, x, problem.input_at(t, tr))
-
-    def gt_lam(t, x, tr, lam_t):
-        _, pull = jax.vjp(lambda p: f_params(p, t, x, tr), params)
-        return pull(lam_t)[0]
-
-    per_node = jax.vmap(jax.vmap(gt_lam, in_axes=(0, 0, None, 0)), in_axes=(None, 0, 0, 0))
-    contrib = per_node(nodes, xs, us, lam * w3 if weighted_in else lam)
-    c = jtu.tree_map(lambda a: jnp.sum(a, axis=(0, 1)), contrib)
-
-    def g_c(t, x, tr):
-        return jax.jvp(lambda p: f_params(p, t, x, tr), (params,), (c,))[1]
-
-    out = jax.vmap(jax.vmap(g_c, in_axes=(0, 0, None)), in_axes=(None, 0, 0))(nodes, xs, us)
-    return out if weighted_in else out * w3
-
-
-def _forcing_struct(problem, order):
-    return jax.ShapeDtypeStruct(
-        (problem.batch_size, problem.num_times * order, problem.state_size), problem.dtype
-    )
-
-
-def _prepare_factor(model, problem, filter_spec, order):
-    params, static, out_struct = _prepare(model, problem, "state", filter_spec)
-    if not isinstance(order, int) or order < 1:
-        raise ValueError(f"`order` must be a positive int, got {order!r}.")
-    return params, static, out_struct, _forcing_struct(problem, order)
-
-
-def propagator(
-    model: Callable,
-    problem: TrajectoryProblem,
-    *,
-    order: int = 4,
-    filter_spec: Any = eqx.is_inexact_array,
-) -> PairedLinearOperator:
-    r"""The tangent-linear propagator P (with observation sampling O folded in).
-
-    P maps a forcing q(t) to δx(t_k), where dδx/dt = A(t) δx + q(t), δx(t0) = 0, A = ∂f/∂x along
-    the trajectory. Forcings are represented by their values at the Gauss–Legendre nodes of
-    `quadrature_grid(problem, order)`, shape `(batch, time * order, state)`, and Duhamel's
-    integral δx(t_k) = ∫ Φ(t_k, s) q(s) ds is taken by that quadrature.
-
-    **Returns:**
-
-    A `PairedLinearOperator`; its `.transpose()` is the Euclidean transpose. The adjoint with
-    respect to the quadrature inner product ⟨q, λ⟩ = Σ_j w_j q_j·λ_j is `adjoint_propagator`.
-    """
-    params, static, out_struct, f_struct = _prepare_factor(model, problem, filter_spec, order)
-    fn = eqx.Partial(_p_mv, params, static, problem, order)
-    tfn = eqx.Partial(_pstar_mv, params, static, problem, order, True)
-    return PairedLinearOperator(fn, tfn, f_struct, out_struct)
-
-
-def adjoint_propagator(
-    model: Callable,
-    problem: TrajectoryProblem,
-    *,
-    order: int = 4,
-    filter_spec: Any = eqx.is_inexact_array,
-) -> PairedLinearOperator:
-    r"""The adjoint propagator P* (with O* folded in): r ↦ λ(τ_j).
-
-    λ solves the adjoint ODE −dλ/dt = A(t)ᵀ λ backwards from λ(t_T⁺) = 0 with jumps
-    λ(t_k⁻) = λ(t_k⁺) + r_k at the observation times; the result is sampled at the quadrature
-    nodes, shape `(batch, time * order, state)`. P* is the adjoint of `propagator` in the
-    quadrature inner product, so Θ ≈ P K P* with K = `parameter_operator`.
-    """
-    params, static, out_struct, f_struct = _prepare_factor(model, problem, filter_spec, order)
-    fn = eqx.Partial(_pstar_mv, params, static, problem, order, False)
-    tfn = eqx.Partial(_pstar_mv_transpose, params, static, problem, order)
-    return PairedLinearOperator(fn, tfn, out_struct, f_struct)
-
-
-def _pstar_mv_transpose(params, static, problem, order, forcing):
-    # (P*)ᵀ = W⁻¹-free Duhamel sum: q ↦ Σ_j Φ(t_k, τ_j) q_j (no quadrature weights).
-    zero = jnp.zeros_like(forcing)
-    fn = lambda k: _kicked(params, static, problem, order, k, dfx.ForwardMode())
-    return jax.jvp(fn, (zero,), (forcing,))[1]
-
-
-def parameter_operator(
-    model: Callable,
-    problem: TrajectoryProblem,
-    *,
-    order: int = 4,
-    filter_spec: Any = eqx.is_inexact_array,
-) -> PairedLinearOperator:
-    r"""The instantaneous parameter operator K = G Gᵀ on functions of time.
-
-    With G(t) = ∂f/∂θ at (t, x_b(t), u_b(t)) and kernel K(t, s) = G(t) G(s)ᵀ,
-    (K λ)_b(τ_i) = G_b(τ_i) Σ_{b'} Σ_j w_j G_{b'}(τ_j)ᵀ λ_{b'}(τ_j): the parameters are shared
-    by all trials, so K couples them. Self-adjoint in the quadrature inner product.
-
-    **Returns:**
-
-    A `PairedLinearOperator` on arrays of shape `(batch, time * order, state)`.
-    """
-    params, static, _, f_struct = _prepare_factor(model, problem, filter_spec, order)
-    fn = eqx.Partial(_k_mv, params, static, problem, order)
-    tfn = eqx.Partial(_k_mv_transpose, params, static, problem, order)
-    return PairedLinearOperator(fn, tfn, f_struct, f_struct, ())
-
-
-def _k_mv_transpose(params, static, problem, order, mu):
-    # K = G Gᵀ W, so Kᵀ = W G Gᵀ.
-    return _k_apply(params, static, problem, order, mu, weighted_in=False)
+# Re-exported for `from ._operators import propagator, ...` (the package `__init__` and older
+# code). At the end of the module: `_kpflow` imports `PairedLinearOperator` and `_prepare` from
+# here, which exist by now.
+from ._kpflow import (  # noqa: E402
+    adjoint_propagator as adjoint_propagator,
+    parameter_operator as parameter_operator,
+    propagator as propagator,
+    quadrature_grid as quadrature_grid,
+)

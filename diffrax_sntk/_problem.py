@@ -29,11 +29,11 @@ import jax
 import jax.flatten_util as jfu
 import jax.numpy as jnp
 import jax.random as jr
-import jax.tree_util as jtu
 import numpy as np
 import optimistix as optx
-from jaxtyping import Array, ArrayLike, Float, PyTree
+from jaxtyping import Array, ArrayLike, Bool, Float, PyTree
 
+from ._misc import error_if_nonfinite, error_if_not
 from ._model import has_readout
 
 __all__ = ["TrajectoryProblem", "simulate"]
@@ -43,10 +43,6 @@ _NOT_SUCCESSFUL_MSG = (
     "Increase `TrajectoryProblem(max_steps=...)`, loosen `rtol`/`atol`, use a stiff solver, or "
     "check the model for blow-up."
 )
-
-
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
 
 
 class TrajectoryProblem(eqx.Module):
@@ -130,16 +126,15 @@ class TrajectoryProblem(eqx.Module):
         t0 = jnp.asarray(t0, dtype)
         if t0.ndim != 0:
             raise ValueError(f"`t0` must be a scalar, got shape {t0.shape}.")
-        if _is_concrete(ts) and _is_concrete(t0):
-            ts_np = np.asarray(ts)
-            if not np.all(np.isfinite(ts_np)):
-                raise ValueError("`ts` must contain finite values.")
-            if ts.shape[0] > 1 and not np.all(np.diff(ts_np) > 0):
-                raise ValueError("`ts` must be strictly increasing.")
-            if ts_np[0] < float(t0):
-                raise ValueError(f"`ts[0]` = {ts_np[0]} must be >= `t0` = {float(t0)}.")
-        if _is_concrete(y0) and not bool(np.all(np.isfinite(np.asarray(y0)))):
-            raise ValueError("`y0` must contain finite values.")
+        # Value checks are `eqx.error_if`s threaded into the stored arrays: they raise at
+        # construction when the values are known, and at run time when the problem is built
+        # inside `jit`/`vmap` (the checked arrays are what every solve consumes).
+        t0 = error_if_nonfinite(t0, "t0")
+        ts = error_if_nonfinite(ts, "ts")
+        if ts.shape[0] > 1:
+            ts = error_if_not(ts, jnp.all(jnp.diff(ts) > 0), "`ts` must be strictly increasing.")
+        ts = error_if_not(ts, ts[0] >= t0, "`ts[0]` must be >= `t0`.")
+        y0 = error_if_nonfinite(y0, "y0")
         batch = y0.shape[0]
 
         # Inputs.
@@ -168,17 +163,18 @@ class TrajectoryProblem(eqx.Module):
                     f"({batch}, {input_ts.shape[0]}, M) or (input_time, input), "
                     f"got shape {inputs.shape}."
                 )
-            if _is_concrete(input_ts) and _is_concrete(ts):
-                its = np.asarray(input_ts)
-                if not np.all(np.diff(its) > 0):
-                    raise ValueError("`input_ts` must be strictly increasing.")
-                if its[0] > float(t0) or its[-1] < float(ts[-1]):
-                    raise ValueError(
-                        f"`input_ts` must cover [t0, ts[-1]] = [{float(t0)}, {float(ts[-1])}], "
-                        f"got [{its[0]}, {its[-1]}]."
-                    )
-            if _is_concrete(inputs) and not bool(np.all(np.isfinite(np.asarray(inputs)))):
-                raise ValueError("`inputs` must contain finite values.")
+            input_ts = error_if_nonfinite(input_ts, "input_ts")
+            input_ts = error_if_not(
+                input_ts,
+                jnp.all(jnp.diff(input_ts) > 0),
+                "`input_ts` must be strictly increasing.",
+            )
+            input_ts = error_if_not(
+                input_ts,
+                (input_ts[0] <= t0) & (input_ts[-1] >= ts[-1]),
+                "`input_ts` must cover [t0, ts[-1]] (the interval the solves integrate over).",
+            )
+            inputs = error_if_nonfinite(inputs, "inputs")
             input_mode = "array"
 
         if not isinstance(max_steps, int) or max_steps <= 0:
@@ -269,7 +265,9 @@ class TrajectoryProblem(eqx.Module):
 
 
 def _constant_to_step_to(ts, t0, dt0: float, max_steps: int) -> dfx.StepTo:
-    if not (_is_concrete(ts) and _is_concrete(t0)):
+    # The grid's length is static, so it is computed from the values on the host: a structural
+    # requirement (a traced `ts` cannot be converted), not a value check skipped under `jit`.
+    if isinstance(ts, jax.core.Tracer) or isinstance(t0, jax.core.Tracer):
         raise ValueError(
             "`ConstantStepSize` needs concrete `ts` and `t0` (build the `TrajectoryProblem` "
             "outside `jit`)."
@@ -313,7 +311,7 @@ def _probe_direction(params: PyTree) -> PyTree:
     return unravel(signs / jnp.sqrt(jnp.asarray(flat.size, flat.dtype)))
 
 
-def integrate(
+def solve_trial(
     params: PyTree,
     static: PyTree,
     problem: TrajectoryProblem,
@@ -324,10 +322,19 @@ def integrate(
     t_end=None,
     save_ts=None,
     stepsize_controller: dfx.AbstractStepSizeController | None = None,
-) -> Array:
-    """Integrate one trial from `t_start` (default `problem.t0`) and return the states at
-    `save_ts` (default `problem.ts`), or only the final state when `save_ts == "end"`, or
-    `(step_end_times, num_accepted_steps)` when `save_ts == "steps"` (the accepted grid)."""
+) -> tuple[Any, Bool[Array, ""]]:
+    """Integrate one trial from `t_start` (default `problem.t0`) and return `(out, failed)`.
+
+    `out` holds the states at `save_ts` (default `problem.ts`), or only the final state when
+    `save_ts == "end"`, or `(step_end_times, num_accepted_steps)` when `save_ts == "steps"` (the
+    accepted grid). `failed` is True when diffrax did not finish (`max_steps`, a step size that
+    underflowed, ...); `out` is then not a solution.
+
+    The flag is returned rather than raised here because a check placed on the primal output
+    guards only the primal: `eqx.error_if` passes tangents through unchecked, so under `jit` a
+    JVP or VJP that uses only the tangent would prune a check on `out`. Callers differentiating
+    this solve put the check on what they return (see `check_solved`).
+    """
 
     def field(t, x, p):
         model = eqx.combine(p, static)
@@ -376,13 +383,40 @@ def integrate(
         stepsize_controller=controller,
         adjoint=adjoint,
         max_steps=problem.max_steps,
+        # Not diffrax's own `throw`: its check sits on the primal outputs only (see above).
         throw=False,
     )
+    failed = sol.result != dfx.RESULTS.successful
     if save_ts == "steps":
-        ts = eqx.error_if(sol.ts, sol.result != dfx.RESULTS.successful, _NOT_SUCCESSFUL_MSG)
-        return ts, sol.stats["num_accepted_steps"]
-    ys = eqx.error_if(sol.ys, sol.result != dfx.RESULTS.successful, _NOT_SUCCESSFUL_MSG)
-    return ys[-1] if isinstance(save_ts, str) else ys
+        return (sol.ts, sol.stats["num_accepted_steps"]), failed
+    ys = sol.ys
+    return (ys[-1] if isinstance(save_ts, str) else ys), failed
+
+
+def check_solved(x: PyTree, failed: Bool[ArrayLike, "..."]) -> PyTree:
+    """`x`, with an error (also under `jit`) if any of the solves behind it `failed`."""
+    return eqx.error_if(x, failed, _NOT_SUCCESSFUL_MSG)
+
+
+def integrate(
+    params: PyTree,
+    static: PyTree,
+    problem: TrajectoryProblem,
+    x0: Float[Array, " state"],
+    trial_inputs,
+    adjoint: dfx.AbstractAdjoint,
+    t_start=None,
+    t_end=None,
+    save_ts=None,
+    stepsize_controller: dfx.AbstractStepSizeController | None = None,
+) -> Any:
+    """As `solve_trial`, returning `out` only, with an error if the solve failed. For primal
+    values: a derivative of this function is not guarded (use `solve_trial`)."""
+    out, failed = solve_trial(
+        params, static, problem, x0, trial_inputs, adjoint, t_start, t_end, save_ts,
+        stepsize_controller,
+    )
+    return check_solved(out, failed)
 
 
 def adaptive_controller(problem: TrajectoryProblem) -> dfx.AbstractStepSizeController:
@@ -399,24 +433,33 @@ def trajectory_fn(
     problem: TrajectoryProblem,
     space: str = "state",
     mode: str = "reverse",
-) -> Callable[[PyTree], Array]:
-    """The map θ ↦ X(θ) (B, T, N) (or the readout Y(θ)) for the given differentiation mode."""
+    with_failure: bool = False,
+) -> Callable[[PyTree], Any]:
+    """The map θ ↦ X(θ) (B, T, N) (or the readout Y(θ)) for the given differentiation mode.
+
+    With `with_failure=True` it returns `(X, failed)`, `failed` of shape `(B,)` (for `has_aux`
+    in `jax.jvp`/`jax.vjp`, whose caller guards the derivative with `check_solved`); else the
+    primal X carries the check itself.
+    """
     adjoint = problem.adjoint if mode == "reverse" else dfx.ForwardMode()
 
     def fn(params):
-        ys = jax.vmap(integrate, in_axes=(None, None, None, 0, 0, None))(
+        ys, failed = jax.vmap(solve_trial, in_axes=(None, None, None, 0, 0, None))(
             params, static, problem, problem.y0, problem.per_trial_inputs(), adjoint
         )
+        if not with_failure:
+            ys = check_solved(ys, failed)
         if space == "output":
             model = eqx.combine(params, static)
             ys = jax.vmap(jax.vmap(model.readout))(ys)
-        return ys
+        return (ys, failed) if with_failure else ys
 
     return fn
 
 
 def check_model(model, problem: TrajectoryProblem, space: str = "state") -> None:
-    """Static checks of a model against a problem: output shape, finite parameters."""
+    """Structural checks of a model against a problem: callable, readout, output shape. The
+    parameters' values are checked where they are consumed (`check_params`)."""
     if not callable(model):
         raise TypeError(
             f"`model` must be callable as `model(t, x, u)`, got {type(model).__name__}."
@@ -443,11 +486,12 @@ def check_model(model, problem: TrajectoryProblem, space: str = "state") -> None
             f"`model(t, x, u)` must return dx/dt of the state's shape {x.shape} (the state size "
             f"comes from `y0`), got {shape}."
         )
-    params = eqx.filter(model, eqx.is_inexact_array)
-    leaves = [leaf for leaf in jtu.tree_leaves(params) if _is_concrete(leaf)]
-    # numpy, not jnp: inside a jit trace even concrete leaves would be staged.
-    if leaves and not all(bool(np.all(np.isfinite(np.asarray(leaf)))) for leaf in leaves):
-        raise ValueError("`model` has non-finite parameters (NaN or inf).")
+
+
+def check_params(params: PyTree) -> PyTree:
+    """`params` with a finiteness check that also fires under `jit` (thread the result into
+    the computation: an unused check is pruned). No host copy of the parameters is made."""
+    return error_if_nonfinite(params, "model")
 
 
 def simulate(
@@ -468,4 +512,4 @@ def simulate(
     """
     check_model(model, problem, space)
     params, static = partition_model(model)
-    return trajectory_fn(static, problem, space, "reverse")(params)
+    return trajectory_fn(static, problem, space, "reverse")(check_params(params))

@@ -1,4 +1,4 @@
-"""Trials sharded over devices (issue 8).
+"""Trials sharded over devices.
 
 Several CPU devices exist only if `XLA_FLAGS=--xla_force_host_platform_device_count=4` is set
 before jax is imported, which this pytest process has already done; so the sharded run happens
@@ -36,7 +36,7 @@ _SCRIPT = textwrap.dedent(
     problem = ds.TrajectoryProblem(
         ts, jr.normal(jr.PRNGKey(1), (B, N)), jr.normal(jr.PRNGKey(2), (B, 6, M)),
         input_ts=its, solver=dfx.Heun(), stepsize_controller=dfx.ConstantStepSize(), dt0=0.05,
-    )  # fixed steps: half the compile time of the adaptive default; the sharding is the same
+    )  # fixed steps compile faster than the adaptive default; the sharding is the same
     v = jr.normal(jr.PRNGKey(3), (B, T, N))
 
     theta_mv = eqx.filter_jit(lambda m, p, x: ds.sntk_operator(m, p).mv(x))

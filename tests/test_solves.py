@@ -1,7 +1,8 @@
 """Solves that the operators rest on: analytic linear cases, step-size control near fixed
-points, float32 under jit, vmapped models, input validation, and the replay's unrolled
-Runge–Kutta step against diffrax's own (split from test_operators.py so that the two files
-balance over two test workers)."""
+points, float32 under jit with constant steps, vmapped models, input validation (value checks
+that hold under jit), failed solves, and the replay's unrolled Runge–Kutta step against
+diffrax's own. The generic operator checks (dense, transpose, tags, jit/vmap, float32, wrong
+vectors, non-finite parameters) are the contract in test_operator_contract.py."""
 
 import diffrax as dfx
 import equinox as eqx
@@ -13,7 +14,7 @@ import pytest
 
 import diffrax_sntk as ds
 
-from .helpers import B, N, T, small_ctrnn, small_problem
+from .helpers import B, N, T, raises_check, small_ctrnn, small_problem
 
 
 def test_linear_model_analytic():
@@ -110,63 +111,103 @@ def test_simulate_vmaps_over_models():
 # --- bad input
 
 
-def test_bad_problem_inputs():
+def test_bad_problem_structure():
     y0 = jnp.zeros((2, 3))
-    with pytest.raises(ValueError, match="strictly increasing"):
-        ds.TrajectoryProblem(jnp.array([1.0, 0.5]), y0)
     with pytest.raises(ValueError, match="`y0`"):
         ds.TrajectoryProblem(jnp.array([1.0]), jnp.zeros((2, 3, 1)))
+    with pytest.raises(ValueError, match="`ts`"):
+        ds.TrajectoryProblem(jnp.zeros((2, 2)), y0)
     with pytest.raises(ValueError, match="`inputs`"):
         ds.TrajectoryProblem(
             jnp.array([1.0]), y0, jnp.zeros((3, 4, 2)), input_ts=jnp.linspace(0, 1, 4)
         )
     with pytest.raises(ValueError, match="`input_ts`"):
+        ds.TrajectoryProblem(jnp.array([1.0]), y0, jnp.zeros((2, 4, 2)))
+    with pytest.raises(ValueError, match="`ConstantStepSize` needs concrete"):
+        jax.jit(
+            lambda ts: ds.TrajectoryProblem(
+                ts, y0, stepsize_controller=dfx.ConstantStepSize(), dt0=0.1
+            ).y0
+        )(jnp.array([1.0]))
+
+
+def test_bad_problem_values():
+    # Value checks are `eqx.error_if`: they raise at construction when the values are known.
+    y0 = jnp.zeros((2, 3))
+    with raises_check("strictly increasing"):
+        ds.TrajectoryProblem(jnp.array([1.0, 0.5]), y0)
+    with raises_check("`ts\\[0\\]`"):
+        ds.TrajectoryProblem(jnp.array([1.0]), y0, t0=2.0)
+    with raises_check("`ts` contains non-finite"):
+        ds.TrajectoryProblem(jnp.array([1.0, jnp.inf]), y0)
+    with raises_check("`y0` contains non-finite"):
+        ds.TrajectoryProblem(jnp.array([1.0]), y0.at[1, 2].set(jnp.nan))
+    with raises_check("`input_ts` must cover"):
         ds.TrajectoryProblem(
             jnp.array([2.0]), y0, jnp.zeros((2, 4, 2)), input_ts=jnp.linspace(0, 1, 4)
         )
-    with pytest.raises(ValueError, match="`ts\\[0\\]`"):
-        ds.TrajectoryProblem(jnp.array([1.0]), y0, t0=2.0)
+    with raises_check("`inputs` contains non-finite"):
+        ds.TrajectoryProblem(
+            jnp.array([1.0]), y0, jnp.full((2, 4, 2), jnp.nan), input_ts=jnp.linspace(0, 1, 4)
+        )
 
 
-def test_bad_model_and_vectors():
-    model = small_ctrnn()
-    problem = small_problem()
+def test_value_checks_fire_under_jit():
+    # Under jit the same checks fire at run time (they used to be skipped there): a NaN in the
+    # initial states, the inputs, or the parameters, each reaching `simulate` as a traced value.
+    model, problem = small_ctrnn(), small_problem()
+
+    @eqx.filter_jit
+    def run(model, y0, inputs):
+        p = ds.TrajectoryProblem(problem.ts, y0, inputs, input_ts=problem.input_ts)
+        return ds.simulate(model, p)
+
+    y0, inputs = problem.y0, problem.inputs
+    with raises_check("`y0` contains non-finite"):
+        jax.block_until_ready(run(model, y0.at[0, 0].set(jnp.nan), inputs))
+    with raises_check("`inputs` contains non-finite"):
+        jax.block_until_ready(run(model, y0, inputs.at[1, 2, 0].set(jnp.inf)))
+    bad = eqx.tree_at(lambda m: m.W, model, model.W.at[0, 0].set(jnp.nan))
+    with raises_check("`model` contains non-finite"):
+        jax.block_until_ready(run(bad, y0, inputs))
+    # Eagerly too, with the same message (the check is on the parameters, not a host copy).
+    with raises_check("`model` contains non-finite"):
+        ds.simulate(bad, problem)
+
+
+def test_bad_model():
     wrong_state = ds.TrajectoryProblem(jnp.array([1.0]), jnp.zeros((2, 5)))
     with pytest.raises(ValueError, match="state"):
         ds.sntk_operator(ds.CTRNN(3, key=jr.PRNGKey(0)), wrong_state)
-    bad = eqx.tree_at(lambda m: m.W, model, model.W.at[0, 0].set(jnp.nan))
-    with pytest.raises(ValueError, match="non-finite"):
-        ds.simulate(bad, problem)
-    theta = ds.sntk_operator(model, problem)
-    with pytest.raises(ValueError, match="`vector`"):
-        theta.mv(jnp.zeros((B, T, N + 1)))
+    model, problem = small_ctrnn(), small_problem()
     with pytest.raises(ValueError, match="space"):
         ds.sntk_operator(model, problem, space="params")
     with pytest.raises(TypeError, match="`problem`"):
         ds.sntk_operator(model, "not a problem")
 
 
-def test_max_steps_error_is_clear():
+def test_failed_solve_raises_in_every_direction():
+    # A solve that hits `max_steps` must not return a derivative: under jit, J v (a tangent)
+    # and Jᵀ w (a cotangent) used to come back as zeros, since a check on the primal trajectory
+    # does not guard its derivatives and was pruned. (The KPFlow factors check the same way.)
     model = ds.CTRNN(2, key=jr.PRNGKey(0))
-    problem = ds.TrajectoryProblem(jnp.array([50.0]), jnp.ones((1, 2)), max_steps=3)
+    problem = ds.TrajectoryProblem(
+        jnp.array([50.0]), jnp.ones((1, 2)), max_steps=3, tangent_control=False
+    )
     with pytest.raises(Exception, match="max_steps"):
         jax.block_until_ready(ds.simulate(model, problem))
+    params = eqx.filter(model, eqx.is_inexact_array)
+    jv = eqx.filter_jit(lambda m, u: ds.jacobian_operator(m, problem, method="solve").mv(u))
+    with pytest.raises(Exception, match="max_steps"):
+        jax.block_until_ready(jv(model, params))
+    jtw = eqx.filter_jit(
+        lambda m, w: ds.jacobian_operator(m, problem, method="solve").transpose().mv(w)
+    )
+    with pytest.raises(Exception, match="max_steps"):
+        jax.block_until_ready(jtw(model, jnp.ones((1, 1, 2))))
 
 
-# --- replay (the stored-linearisation fast path, issue 8)
-
-
-def test_replay_float32():
-    m64, p64 = small_ctrnn(), small_problem()
-    f32 = lambda x: x.astype(jnp.float32) if eqx.is_inexact_array(x) else x
-    m32 = jax.tree_util.tree_map(f32, m64)
-    p32 = ds.TrajectoryProblem(f32(p64.ts), f32(p64.y0), f32(p64.inputs),
-                               input_ts=f32(p64.input_ts))
-    v = jr.normal(jr.PRNGKey(5), (B, T, N))
-    out32 = np.asarray(ds.sntk_operator(m32, p32).mv(v.astype(jnp.float32)), np.float64)
-    out64 = np.asarray(ds.sntk_operator(m64, p64).mv(v))
-    assert np.all(np.isfinite(out32))
-    assert np.max(np.abs(out32 - out64)) <= 1e-3 * np.max(np.abs(out64))
+# --- replay (the stored-linearisation fast path)
 
 
 @pytest.mark.parametrize(
