@@ -103,6 +103,14 @@ class TrajectoryProblem(eqx.Module):
           Forward mode always uses `ForwardMode()`.
         - `tangent_control`: with an adaptive controller, also control the local error of a
           probe tangent so that sensitivities are resolved near fixed points (default `True`).
+
+        **Raises:**
+
+        `ValueError`/`TypeError` for wrong shapes, types or a missing argument. Wrong *values*
+        (non-finite `ts`, `y0`, `inputs`; `ts` or `input_ts` not increasing; `input_ts` not
+        covering `[t0, ts[-1]]`) are `eqx.error_if` checks on the stored arrays: they raise
+        here when the values are known, and at run time when the problem is built inside
+        `jax.jit` (an `EquinoxRuntimeError`/`JaxRuntimeError` carrying the same message).
         """
         ts = jnp.asarray(ts)
         if not jnp.issubdtype(ts.dtype, jnp.floating):
@@ -381,7 +389,7 @@ def solve_trial(
         params,
         saveat=saveat,
         stepsize_controller=controller,
-        adjoint=adjoint,
+        adjoint=_backward_throws(adjoint),
         max_steps=problem.max_steps,
         # Not diffrax's own `throw`: its check sits on the primal outputs only (see above).
         throw=False,
@@ -391,6 +399,15 @@ def solve_trial(
         return (sol.ts, sol.stats["num_accepted_steps"]), failed
     ys = sol.ys
     return (ys[-1] if isinstance(save_ts, str) else ys), failed
+
+
+def _backward_throws(adjoint: dfx.AbstractAdjoint) -> dfx.AbstractAdjoint:
+    # A continuous adjoint's backward solves inherit `throw` from the forward call, which is off
+    # here; their failures would pass silently into the cotangent. diffrax's own check on the
+    # backward solution sits on the cotangent itself, so it is the right one there.
+    if isinstance(adjoint, dfx.BacksolveAdjoint) and "throw" not in adjoint.kwargs:
+        return dfx.BacksolveAdjoint(**adjoint.kwargs, throw=True)
+    return adjoint
 
 
 def check_solved(x: PyTree, failed: Bool[ArrayLike, "..."]) -> PyTree:
@@ -509,6 +526,11 @@ def simulate(
 
     An array of shape `(batch, time, state)` (or `(batch, time, output)`). Differentiable with
     respect to the model (reverse mode through `problem.adjoint`).
+
+    **Raises:**
+
+    An error (also under `jax.jit`) if the model's parameters are not finite or a solve did not
+    finish (e.g. `max_steps` reached).
     """
     check_model(model, problem, space)
     params, static = partition_model(model)

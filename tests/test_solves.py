@@ -205,6 +205,17 @@ def test_failed_solve_raises_in_every_direction():
     )
     with pytest.raises(Exception, match="max_steps"):
         jax.block_until_ready(jtw(model, jnp.ones((1, 1, 2))))
+    # A continuous adjoint whose backward solve fails (here: its own step budget) used to hand
+    # back the unfinished cotangent; diffrax's check on the backward solve now raises.
+    backsolve = ds.TrajectoryProblem(
+        jnp.array([5.0]), jnp.ones((1, 2)), adjoint=dfx.BacksolveAdjoint(max_steps=2),
+        tangent_control=False,
+    )
+    jtw = eqx.filter_jit(
+        lambda m, w: ds.jacobian_operator(m, backsolve, method="solve").transpose().mv(w)
+    )
+    with pytest.raises(Exception, match="max_steps"):
+        jax.block_until_ready(jtw(model, jnp.ones((1, 1, 2))))
 
 
 # --- replay (the stored-linearisation fast path)
