@@ -735,8 +735,12 @@ def continue_family(
         problem, x0, s0, s1, h0, h_max, h_min, max_steps, detect, max(max_events, 1)
     )
     mask, sigs = _event_mask(st)
-    events = _events(problem, st, lo, hi)
-    if not detect:
+    if detect:
+        events = _events(problem, st, lo, hi)
+    else:
+        # Nothing is queued: empty slots of the right structure, without compiling the
+        # classification.
+        events = _zeros_like(jax.eval_shape(lambda: _events(problem, st, lo, hi)))
         mask = jnp.zeros_like(mask)
     return Branch(
         parameter_buffer=st.ys[:, -1],
