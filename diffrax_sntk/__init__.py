@@ -36,6 +36,7 @@ from ._trace_estimators import trace as trace
 
 # --- fixed points, bifurcations, normal forms
 from ._bifurcation import Bifurcation as Bifurcation
+from ._bifurcation import BifurcationEvents as BifurcationEvents
 from ._bifurcation import Branch as Branch
 from ._bifurcation import continuation as continuation
 from ._fixed_points import FixedPoints as FixedPoints

@@ -106,3 +106,19 @@ def test_results_extends_optimistix_and_lineax():
     assert ds.RESULTS.promote(optx.RESULTS.nonlinear_max_steps_reached) == \
         ds.RESULTS.nonlinear_max_steps_reached
     assert ds.RESULTS[ds.RESULTS.successful] == ""
+
+
+def test_eagerly_built_results_pass_through_jit_and_vmap():
+    # `track_bifurcations` assembles its bifurcations on the host (it is not jittable); its result
+    # and each `Bifurcation` are still pytrees with a RESULTS code that jit and vmap carry.
+    tracks = [ds.track_bifurcations(_pitchfork, jnp.linspace(-0.5, 0.5, 5) + s, jnp.zeros((1, 1)))
+              for s in (0.0, 0.05)]
+    for obj in (tracks[0], tracks[0].bifurcations[0]):
+        again = eqx.filter_jit(lambda o: o)(obj)
+        assert isinstance(again.result, ds.RESULTS) and again.result == ds.RESULTS.successful
+        assert type(again) is type(obj)
+    # A `Bifurcation`'s kind and index are static, so stack the tracks' array parts only.
+    arrays = [eqx.tree_at(lambda t: t.bifurcations, t, ()) for t in tracks]
+    stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *arrays)
+    codes = eqx.filter_vmap(lambda t: t.result)(stacked)
+    np.testing.assert_array_equal(_codes(codes), [_codes(t.result) for t in tracks])
