@@ -341,6 +341,13 @@ def jacobian_operator(
 
     A `PairedLinearOperator` (a lineax operator). `as_matrix()` materialises it for small
     problems.
+
+    **Raises:**
+
+    `ValueError`/`TypeError` for structural misuse. Non-finite parameters raise as the operator
+    is built (inside `jit`: at the first matvec), without copying them to the host; a matvec
+    whose solve does not finish (e.g. `max_steps`) raises rather than return a partial
+    derivative, also under `jit`. Both also hold for `sntk_operator` and the KPFlow factors.
     """
     params, static, out_struct = _prepare(model, problem, space, filter_spec)
     if _use_replay(method, params, problem):
