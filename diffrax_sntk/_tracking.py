@@ -11,13 +11,8 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Complex, Float, PyTree
 
-from ._bifurcation import (
-    Bifurcation,
-    ContinuationProblem,
-    bifurcations_from_events,
-    continue_family,
-    make_options,
-)
+from ._bifurcation import Bifurcation, bifurcations_from_events, continue_family
+from ._continuation import ContinuationProblem, make_options
 from ._fixed_points import find_fixed_points, newton_solve
 from ._misc import RESULTS, check_vector_field, eigen_signature, error_if_nonfinite
 from ._normal_forms import LineFamily
