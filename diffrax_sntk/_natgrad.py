@@ -67,7 +67,7 @@ class LowRankNaturalGradientState(NamedTuple):
         readable as `last_result`.
     """
 
-    count: Int[Array, ""]
+    count: Int[Array, ""]  # pyright: ignore[reportIncompatibleMethodOverride]
     basis: Float[Array, "params block"]
     eigenvalues: Float[Array, " block"]
     damping: Float[Array, ""]
@@ -386,7 +386,10 @@ def _make(
         count = optax.safe_increment(state.count)
         return new_updates, state._replace(count=count)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(
+        init_fn,  # pyright: ignore[reportArgumentType]
+        update_fn,  # pyright: ignore[reportArgumentType]
+    )
 
 
 def scale_by_low_rank_natural_gradient(

@@ -9,7 +9,8 @@ Helpers shared with `_trace_estimators.py` (flattening, operator checks) live he
 """
 
 import math
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -30,9 +31,9 @@ from ._misc import RESULTS, error_if_not, gauge_fix, result_where
 class _FlatOperator(NamedTuple):
     """A lineax operator seen as a map R^n -> R^n on flat vectors."""
 
-    block_mv: object  # (n, b) -> (n, b): vectors as columns
-    rows_mv: object  # (b, n) -> (b, n): vectors as rows
-    unravel: object  # (n,) -> input pytree
+    block_mv: Callable[[Array], Array]  # (n, b) -> (n, b): vectors as columns
+    rows_mv: Callable[[Array], Array]  # (b, n) -> (b, n): vectors as rows
+    unravel: Callable[[Array], Any]  # (n,) -> input pytree
     size: int
     dtype: jnp.dtype
 

@@ -58,7 +58,7 @@ def plot_bifurcation_diagram(
     """
     import matplotlib.pyplot as plt
 
-    branches = [branch] if hasattr(branch, "parameters") else list(branch)
+    branches: list[Any] = [branch] if hasattr(branch, "parameters") else list(branch)
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.5))
     obs = observable if observable is not None else (lambda x: x[component])

@@ -201,8 +201,10 @@ def _train_one(cfg, name, lr, student, y0, target):
     losses = jnp.concatenate([losses, last[None]])
     history = jax.tree_util.tree_map(lambda h, x: jnp.concatenate([h, x[None]]), history, p_last)
     # The natural gradient's failed refreshes (kept eigenpairs) are reported with the run.
-    failures = (s_last.num_refresh_failures if name.startswith("ng")
-                else jnp.zeros((), jnp.int32))
+    if isinstance(s_last, ds.LowRankNaturalGradientState):
+        failures = s_last.num_refresh_failures
+    else:
+        failures = jnp.zeros((), jnp.int32)
     return losses, history, failures
 
 
@@ -218,19 +220,22 @@ def _train(cfg, name, lrs, students, y0s, targets):
     return swap(losses), jax.tree_util.tree_map(swap, history), swap(failures)
 
 
-def train(cfg: StudentTeacherConfig, name: str, learning_rates, batch: Setup, *,
-          refresh_failures: bool = False):
+def train_with_refresh_failures(cfg: StudentTeacherConfig, name: str, learning_rates,
+                                batch: Setup):
+    """`train`, plus the natural gradient's count of failed eigenbasis refreshes per run
+    `(seeds, rates)` (zeros for the other optimizers): `(losses, history, failures)`."""
+    lrs = jnp.asarray(learning_rates, dtype=jnp.result_type(float))
+    return _train(canonical(cfg), name, lrs, batch.student, batch.y0, batch.target)
+
+
+def train(cfg: StudentTeacherConfig, name: str, learning_rates, batch: Setup):
     """Train every seed of `batch` with optimizer `name` at every learning rate.
 
     **Returns:** `(losses, history)`: losses `(seeds, rates, steps + 1)` (inf once diverged) and
     the trained parameters at every step `(seeds, rates, steps + 1, ...)` (a filtered CTRNN).
-    With `refresh_failures=True` also the natural gradient's count of failed eigenbasis
-    refreshes per run `(seeds, rates)` (zeros for the other optimizers).
     """
-    lrs = jnp.asarray(learning_rates, dtype=jnp.result_type(float))
-    losses, history, failures = _train(canonical(cfg), name, lrs, batch.student, batch.y0,
-                                       batch.target)
-    return (losses, history, failures) if refresh_failures else (losses, history)
+    losses, history, _ = train_with_refresh_failures(cfg, name, learning_rates, batch)
+    return losses, history
 
 
 def _evaluate_one(cfg, params, student, y0, top_k, key):

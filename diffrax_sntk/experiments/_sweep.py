@@ -38,7 +38,7 @@ from ._run import (
     param_spec,
     setups,
     time_steps,
-    train,
+    train_with_refresh_failures,
     use_exact,
 )
 
@@ -124,7 +124,7 @@ def run_group(
             losses, histories, failures = {}, {}, {}
             for name in OPTIMIZERS if ng in OPTIMIZERS else OPTIMIZERS + (ng,):
                 t = time.perf_counter()
-                L, H, F = train(cfg, name, lrs, batch, refresh_failures=True)
+                L, H, F = train_with_refresh_failures(cfg, name, lrs, batch)
                 losses[name] = np.asarray(L)
                 failures[name] = np.asarray(F)
                 if failures[name].any():
@@ -310,7 +310,7 @@ def run_sweep(
 
     def on_record(record):
         _append(path, record)
-        if bar is not None:
+        if bar is not None and task is not None:
             bar.advance(task)
 
     try:
