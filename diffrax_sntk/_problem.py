@@ -29,6 +29,7 @@ import jax
 import jax.flatten_util as jfu
 import jax.numpy as jnp
 import jax.random as jr
+import jax.tree_util as jtu
 import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float, PyTree
@@ -411,8 +412,15 @@ def _backward_throws(adjoint: dfx.AbstractAdjoint) -> dfx.AbstractAdjoint:
 
 
 def check_solved(x: PyTree, failed: Bool[ArrayLike, "..."]) -> PyTree:
-    """`x`, with an error (also under `jit`) if any of the solves behind it `failed`."""
-    return eqx.error_if(x, failed, _NOT_SUCCESSFUL_MSG)
+    """`x`, with an error (also under `jit`) if any of the solves behind it `failed`.
+
+    The check sits on a scalar zero that is added to every leaf (the data dependency keeps it
+    from being pruned). An `eqx.error_if` on `x` itself would put all of `x` through a
+    conditional with a host callback, which gathers an array sharded over trials onto every
+    device (see `shard_trials`).
+    """
+    zero = eqx.error_if(jnp.zeros((), jnp.int8), failed, _NOT_SUCCESSFUL_MSG)
+    return jtu.tree_map(lambda leaf: leaf + zero.astype(leaf.dtype), x)
 
 
 def integrate(
