@@ -41,10 +41,6 @@ __all__ = [
     "PairedLinearOperator",
     "jacobian_operator",
     "sntk_operator",
-    "propagator",
-    "adjoint_propagator",
-    "parameter_operator",
-    "quadrature_grid",
 ]
 
 
@@ -398,12 +394,15 @@ def sntk_operator(
     )
 
 
-# Re-exported for `from ._operators import propagator, ...` (the package `__init__` and older
-# code). At the end of the module: `_kpflow` imports `PairedLinearOperator` and `_prepare` from
-# here, which exist by now.
-from ._kpflow import (  # noqa: E402
-    adjoint_propagator as adjoint_propagator,
-    parameter_operator as parameter_operator,
-    propagator as propagator,
-    quadrature_grid as quadrature_grid,
-)
+# The KPFlow factors moved to `_kpflow`, which imports this module; they stay importable from
+# here (`from ._operators import propagator`) through a lazy attribute, so neither module's
+# import order matters.
+_KPFLOW_NAMES = ("propagator", "adjoint_propagator", "parameter_operator", "quadrature_grid")
+
+
+def __getattr__(name: str):
+    if name in _KPFLOW_NAMES:
+        from . import _kpflow
+
+        return getattr(_kpflow, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
