@@ -16,12 +16,14 @@ from ._problem import TrajectoryProblem as TrajectoryProblem, simulate as simula
 # --- operators
 from ._operators import (
     PairedLinearOperator as PairedLinearOperator,
-    adjoint_propagator as adjoint_propagator,
     jacobian_operator as jacobian_operator,
+    sntk_operator as sntk_operator,
+)
+from ._kpflow import (
+    adjoint_propagator as adjoint_propagator,
     parameter_operator as parameter_operator,
     propagator as propagator,
     quadrature_grid as quadrature_grid,
-    sntk_operator as sntk_operator,
 )
 
 # --- spectral toolkit
