@@ -15,7 +15,7 @@ from .helpers import raises_check
 
 
 def unit(x, p):
-    return -x + p["g"] * jnp.tanh(x) + p["h"]
+    return -p["a"] * x + p["g"] * jnp.tanh(x) + p["h"]
 
 
 def fold_of(g):
@@ -40,9 +40,15 @@ SEEDS = jnp.linspace(-3.0, 3.0, 7)[:, None]
 START = jnp.array([[-2.0]])
 
 
-def track(gs, hs, **kw):
-    seq = {"g": jnp.asarray(gs), "h": jnp.asarray(hs)}
-    return ds.track_bifurcations(unit, seq, START, seed_states=SEEDS, **kw)
+def sequence(gs, hs, a=None, dtype=jnp.float64):
+    a = np.ones_like(gs) if a is None else a
+    return {k: jnp.asarray(v, dtype) for k, v in (("a", a), ("g", gs), ("h", hs))}
+
+
+def track(gs, hs, a=None, dtype=jnp.float64, **kw):
+    seq = sequence(gs, hs, a, dtype)
+    start, seeds = START.astype(dtype), SEEDS.astype(dtype)
+    return ds.track_bifurcations(unit, seq, start, seed_states=seeds, **kw)
 
 
 def test_birth_localised_at_the_analytic_fold():
@@ -88,15 +94,38 @@ def test_no_fold_no_birth():
     assert [e.shape[0] for e in tr.equilibria] == [1] * 5
     assert tr.ghosts is not None and tr.ghosts.num_ghosts == 0
     # Without seeds nothing of this is computed.
-    plain = ds.track_bifurcations(unit, {"g": jnp.asarray(GS), "h": jnp.asarray(HS)}, START)
+    plain = ds.track_bifurcations(unit, sequence(GS, HS), START)
     assert plain.births == () and plain.equilibria == () and plain.ghosts is None
 
 
 def test_seed_states_checks():
-    seq = {"g": jnp.asarray(GS), "h": jnp.asarray(HS)}
+    seq = sequence(GS, HS)
     with pytest.raises(ValueError, match="`seed_states`"):
         ds.track_bifurcations(unit, seq, START, seed_states=jnp.zeros((4, 7, 1)))
     with pytest.raises(ValueError, match="`ghost_speed`"):
         ds.track_bifurcations(unit, seq, START, seed_states=SEEDS, ghost_speed=0.0)
     with raises_check("`seed_states`"):
         ds.track_bifurcations(unit, seq, START, seed_states=SEEDS.at[0, 0].set(jnp.nan))
+
+
+def test_birth_from_infinity_is_reported_unlocalised():
+    # ẋ = 1 − a·x with a = 0, 0, 0.5, 1, 1: no equilibrium until a > 0, then x = 1/a comes in
+    # from infinity. No fold bounds the branch backwards: a birth that cannot be localised is
+    # reported with `localisation_failed`, not dropped.
+    a = np.array([0.0, 0.0, 0.5, 1.0, 1.0])
+    tr = track(np.zeros(5), np.ones(5), a)
+    assert tr.status == "no_fixed_points"
+    assert [e.shape[0] for e in tr.equilibria] == [0, 0, 1, 1, 1]
+    (birth,) = tr.births
+    assert birth.result == ds.RESULTS.localisation_failed and not birth.located
+    assert 1.0 <= float(birth.parameter) < 2.0 and float(birth.state[0]) > 2.0
+    assert tr.deaths == ()
+
+
+def test_birth_float32():
+    tr = track(GS, HS, dtype=jnp.float32)
+    expected, x_star = expected_fold(GS, HS, 2)
+    (birth,) = tr.births
+    assert birth.state.dtype == jnp.float32 and birth.result == ds.RESULTS.successful
+    assert abs(float(birth.parameter) - expected) < 1e-4
+    assert abs(float(birth.state[0]) - x_star) < 1e-2
