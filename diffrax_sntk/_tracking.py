@@ -451,7 +451,9 @@ def track_bifurcations(
         activation functions are held fixed).
     - `initial_states`: `(M, N)` starting guesses at checkpoint 0.
     - `rtol`, `atol`, `newton_max_steps`: Newton settings (default tolerance `eps^(2/3)`).
-    - `jump_tol`: a segment is re-examined if `‖x_{k+1} - x_k‖∞ > jump_tol·(1 + ‖x_k‖∞)`.
+    - `jump_tol`: a segment is re-examined if `‖x_{k+1} - x_k‖∞ > jump_tol·(1 + ‖x_k‖∞)`; with
+        `seed_states`, the same bound matches warm-started Newton images and links ghosts to
+        births.
     - `match_eigenvalues`: match eigenvalues across checkpoints by eigenvector overlap.
     - `detect_bifurcations`: run the segment continuations.
     - `parameter_tol`, `symmetry_tol`: as for `continuation` (in units of `s`).

@@ -77,7 +77,10 @@ def test_birth_localised_at_the_analytic_fold():
 
 
 def test_death_of_the_reversed_sequence():
-    tr = track(GS[::-1], HS[::-1])
+    # Per-checkpoint seeds `(K, M, N)` (here the same at each) share the compiled search.
+    tr = ds.track_bifurcations(
+        unit, sequence(GS[::-1], HS[::-1]), START, seed_states=jnp.broadcast_to(SEEDS, (5, 7, 1))
+    )
     expected, x_star = expected_fold(GS[::-1], HS[::-1], 1)
     assert tr.births == ()
     (death,) = tr.deaths
