@@ -459,7 +459,7 @@ def track_bifurcations(
     - `parameter_tol`, `symmetry_tol`: as for `continuation` (in units of `s`).
     - `seed_states`: `(M, N)` states (e.g. trajectory samples) used as seeds at every
         checkpoint, or `(K, M, N)` seeds per checkpoint; enables `births`, `deaths`,
-        `equilibria` and `ghosts` (needs `detect_bifurcations`).
+        `equilibria` and `ghosts` (needs `detect_bifurcations=True`).
     - `ghost_speed`: largest speed `‖f‖₂` of a slow point reported as a ghost.
 
     **Returns:**
@@ -493,11 +493,16 @@ def track_bifurcations(
                 f"{seed_states.shape}"
             )
         seed_states = cast(Array, error_if_nonfinite(seed_states.astype(dtype), "seed_states"))
+        if not detect_bifurcations:
+            raise ValueError(
+                "`seed_states` needs `detect_bifurcations=True` (births and deaths are "
+                "localised by the segment continuation)"
+            )
         if not ghost_speed > 0:
             raise ValueError(f"`ghost_speed` must be positive, got {ghost_speed}")
 
     def with_births(track: BifurcationTrack, branches) -> BifurcationTrack:
-        if seed_states is None or not detect_bifurcations:
+        if seed_states is None:
             return track
         births, deaths, equilibria, ghosts = _births_and_deaths(
             vector_field, static, dyn_seq, seed_states, branches, opts, jump_tol, ghost_speed

@@ -105,6 +105,8 @@ def test_seed_states_checks():
     seq = sequence(GS, HS)
     with pytest.raises(ValueError, match="`seed_states`"):
         ds.track_bifurcations(unit, seq, START, seed_states=jnp.zeros((4, 7, 1)))
+    with pytest.raises(ValueError, match="`detect_bifurcations"):
+        ds.track_bifurcations(unit, seq, START, seed_states=SEEDS, detect_bifurcations=False)
     with pytest.raises(ValueError, match="`ghost_speed`"):
         ds.track_bifurcations(unit, seq, START, seed_states=SEEDS, ghost_speed=0.0)
     with raises_check("`seed_states`"):
