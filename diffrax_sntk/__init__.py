@@ -52,6 +52,7 @@ from ._normal_forms import HopfNormalForm as HopfNormalForm
 from ._normal_forms import lyapunov_coefficient as lyapunov_coefficient
 from ._normal_forms import normal_form_coefficients as normal_form_coefficients
 from ._tracking import BifurcationTrack as BifurcationTrack
+from ._tracking import Ghosts as Ghosts
 from ._tracking import track_bifurcations as track_bifurcations
 
 # --- bifurcation channels
