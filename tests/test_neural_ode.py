@@ -38,19 +38,25 @@ def problem():
     return ds.TrajectoryProblem(ts, y0, rtol=1e-10, atol=1e-12)
 
 
-def _dense_theta(func, problem):
+@pytest.fixture(scope="module")
+def dense_theta(func, problem):
+    """The user's own Θ = J Jᵀ, from `jax.jacrev` of the solve (one compiled program)."""
     params, static = eqx.partition(func, eqx.is_inexact_array)
-    f = lambda p: ds.simulate(eqx.combine(p, static), problem).reshape(-1)
-    jac = jax.jacrev(f)(params)
-    J = np.concatenate([np.asarray(l).reshape(f(params).size, -1)
-                        for l in jax.tree_util.tree_leaves(jac)], axis=1)
+
+    @eqx.filter_jit
+    def jac(p):
+        f = lambda q: ds.simulate(eqx.combine(q, static), problem).reshape(-1)
+        leaves = jax.tree_util.tree_leaves(jax.jacrev(f)(p))
+        return jnp.concatenate([leaf.reshape(leaf.shape[0], -1) for leaf in leaves], axis=1)
+
+    J = np.asarray(jac(params))
     return J @ J.T
 
 
-def test_operator_matches_jacrev(func, problem):
+def test_operator_matches_jacrev(func, problem, dense_theta):
     theta = ds.sntk_operator(func, problem).as_matrix()
-    ref = _dense_theta(func, problem)
-    np.testing.assert_allclose(np.asarray(theta), ref, atol=1e-12 * np.abs(ref).max())
+    np.testing.assert_allclose(np.asarray(theta), dense_theta,
+                               atol=1e-12 * np.abs(dense_theta).max())
 
 
 def test_fixed_points_both_forms(func):
@@ -90,10 +96,14 @@ def test_track_bifurcations_over_module_checkpoints(func):
     assert bool(jnp.all(track.converged))
 
 
-def test_channels_from_fixed_point(func, problem):
+# The channel split of this very pattern (an eqx.nn.MLP with a jitted activation) runs by default
+# in tests/test_channels.py (`test_neural_ode_module_from_fixed_point`); this exact-split check
+# against the user's own jacrev Θ repeats it at a second compile cost.
+@pytest.mark.slow
+def test_channels_from_fixed_point(func, problem, dense_theta):
     fps = ds.find_fixed_points(func, jnp.zeros((1, N)))
     split = ds.bifurcation_channels(func, problem, fps, method="dense")
-    theta = _dense_theta(func, problem)
+    theta = dense_theta
     assert split.result == ds.RESULTS.successful
     assert 0.0 <= float(split.energy_fraction) <= 1.0 + 1e-12
     # The split is exact: Θ_bif + Θ_res = Θ (the user's own jacrev Θ).

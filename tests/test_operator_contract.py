@@ -30,11 +30,16 @@ _SLOW_CHECK = {
     "eager": {"JT_state_solve", "Theta_state_solve", "P_star"},
     "float32": {"JT_state_solve", "Theta_state_solve", "P", "P_star"},
 }
+# float32 by default: one operator per module (J from _operators, K from _kpflow); the others'
+# float32 checks run with `-m slow`.
+_FLOAT32_DEFAULT = {"J_state", "K"}
 
 
 def _names(check=None):
     slow = _SLOW | _SLOW_CHECK.get(check, set())
     names = [n for n, e in OPERATORS.items() if check != "float32" or e.float32]
+    if check == "float32":
+        slow = slow | (set(names) - _FLOAT32_DEFAULT)
     return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n in names]
 
 
