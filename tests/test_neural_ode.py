@@ -1,6 +1,10 @@
 """The usual diffrax neural ODE — an `eqx.Module` holding an `eqx.nn.MLP` whose activation is a
 jitted function — through the whole package: operators, fixed points (both call forms),
-continuation with the model in `args`, tracking and the channel split."""
+continuation with the model in `args`, tracking and the channel split.
+
+By default only the fixed-point tests run here: the same pattern is covered per module by
+default (test_fixed_points, test_continuation_jit, test_channels); this end-to-end file repeats it
+on one model at a compile cost of its own and runs whole with `-m slow`."""
 
 import diffrax
 import equinox as eqx
@@ -53,6 +57,7 @@ def dense_theta(func, problem):
     return J @ J.T
 
 
+@pytest.mark.slow
 def test_operator_matches_jacrev(func, problem, dense_theta):
     theta = ds.sntk_operator(func, problem).as_matrix()
     np.testing.assert_allclose(np.asarray(theta), dense_theta,
@@ -76,6 +81,7 @@ def test_fixed_points_under_jit(func):
     assert bool(jnp.all(fps.converged))
 
 
+@pytest.mark.slow
 def test_continuation_with_module_args(func):
     def field(x, mu, f):
         return f(0.0, x, None) + mu * jnp.ones_like(x)
@@ -89,6 +95,7 @@ def test_continuation_with_module_args(func):
         assert np.max(np.abs(np.asarray(field(jnp.asarray(x), mu, func)))) < 1e-8
 
 
+@pytest.mark.slow
 def test_track_bifurcations_over_module_checkpoints(func):
     seq = [eqx.tree_at(lambda f: f.mlp.layers[-1].bias, func, func.mlp.layers[-1].bias + s)
            for s in (0.0, 0.1, 0.2)]
