@@ -45,21 +45,21 @@ from ._fixed_points import FixedPoints as FixedPoints
 from ._fixed_points import Spectrum as Spectrum
 from ._fixed_points import find_fixed_points as find_fixed_points
 from ._fixed_points import jacobian_spectrum as jacobian_spectrum
-from ._normal_forms import AbstractNormalForm as AbstractNormalForm
-from ._normal_forms import BranchPointNormalForm as BranchPointNormalForm
-from ._normal_forms import FoldNormalForm as FoldNormalForm
-from ._normal_forms import HopfNormalForm as HopfNormalForm
+from ._normal_form_types import AbstractNormalForm as AbstractNormalForm
+from ._normal_form_types import BranchPointNormalForm as BranchPointNormalForm
+from ._normal_form_types import FoldNormalForm as FoldNormalForm
+from ._normal_form_types import HopfNormalForm as HopfNormalForm
 from ._normal_forms import lyapunov_coefficient as lyapunov_coefficient
 from ._normal_forms import normal_form_coefficients as normal_form_coefficients
 from ._tracking import BifurcationTrack as BifurcationTrack
-from ._tracking import Ghosts as Ghosts
+from ._births import Ghosts as Ghosts
 from ._tracking import track_bifurcations as track_bifurcations
 
 # --- bifurcation channels
-from ._channels import BifurcationChannels as BifurcationChannels
-from ._channels import ChannelDiagnostics as ChannelDiagnostics
-from ._channels import ChannelSplit as ChannelSplit
-from ._channels import CriticalMode as CriticalMode
+from ._channel_types import BifurcationChannels as BifurcationChannels
+from ._channel_types import ChannelDiagnostics as ChannelDiagnostics
+from ._channel_types import ChannelSplit as ChannelSplit
+from ._channel_types import CriticalMode as CriticalMode
 from ._channels import bifurcation_channels as bifurcation_channels
 from ._landscape import RestrictedLandscape as RestrictedLandscape
 from ._landscape import fit_normal_form_landscape as fit_normal_form_landscape
