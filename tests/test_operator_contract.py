@@ -26,6 +26,9 @@ from .operator_registry import (
 # (eager solve-path matvecs, float32 copies of kernels already checked in float32 elsewhere, the
 # output-space solve path and the channel split) run with `-m slow`.
 _SLOW = {"Theta_output_solve", "Theta_bif", "Theta_res"}
+# The output-space J is covered by default through Θ_output (replay), J_out J_outᵀ; its own dense
+# reference check (a second jacrev compile through the readout) runs with `-m slow`.
+_SLOW_DENSE = {"J_output"}
 _SLOW_CHECK = {
     "eager": {"JT_state_solve", "Theta_state_solve", "P_star"},
     "float32": {"JT_state_solve", "Theta_state_solve", "P", "P_star"},
@@ -36,7 +39,7 @@ _FLOAT32_DEFAULT = {"J_state", "K"}
 
 
 def _names(check=None):
-    slow = _SLOW | _SLOW_CHECK.get(check, set())
+    slow = _SLOW | _SLOW_CHECK.get(check, set()) | (_SLOW_DENSE if check == "dense" else set())
     names = [n for n, e in OPERATORS.items() if check != "float32" or e.float32]
     if check == "float32":
         slow = slow | (set(names) - _FLOAT32_DEFAULT)
@@ -48,7 +51,7 @@ def _rel(a, b) -> float:
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
-@pytest.mark.parametrize("name", _names())
+@pytest.mark.parametrize("name", _names("dense"))
 def test_dense_matches_reference(name):
     entry = OPERATORS[name]
     A, ref = matrix(name), entry.reference()
