@@ -148,6 +148,9 @@ def test_negative_control_never_passes(tmp_path):
             assert g["criteria"][name]["passes"] == 0, (g["config"]["learning_rate"], name)
 
 
+# Slow (about 40 s of compiles of its own): the matrix-free estimators it relies on are checked
+# by default in test_spectral; run it with `-m slow` before a sweep at N >= 64.
+@pytest.mark.slow
 def test_matrix_free_path_agrees_with_exact():
     # The N >= 64 path (matrix-free PR, top eigenpairs, u1 = Jᵀv1/‖·‖) on a tiny model, against
     # the exact path; the response J u1 is defined up to the sign of u1.
