@@ -18,6 +18,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree
 
+from ._deflation import Deflation, as_deflation, deflated_roots
 from ._misc import (
     RESULTS,
     Spectrum as Spectrum,
@@ -266,7 +267,7 @@ class FixedPoints(eqx.Module):
 @eqx.filter_jit
 def _find_impl(
     vector_field, params, initial_states, rtol, atol, max_steps, slow_points, dedupe_tol, spectra,
-    throw,
+    throw, deflation=None,
 ):
     params, initial_states = _check_values(params, vector_field, initial_states, "initial_states")
     n = initial_states.shape[-1]
@@ -299,7 +300,20 @@ def _find_impl(
             result = RESULTS.where(use_m & root, RESULTS.successful, result)
         return x, resid, result, slow, steps
 
-    xs, resid, result, slow, steps = jax.vmap(one_start)(initial_states)
+    if deflation is None:
+        xs, resid, result, slow, steps = jax.vmap(one_start)(initial_states)
+    else:
+        xs, result, steps = deflated_roots(
+            vector_field, params, initial_states, deflation, rtol, atol, max_steps, dedupe_tol
+        )
+
+        def check(x, res):
+            fx = vector_field(x, params)
+            r = jnp.linalg.norm(jnp.where(jnp.isfinite(fx), fx, jnp.inf))
+            return r, result_where(~jnp.isfinite(r), RESULTS.nonfinite, res)
+
+        resid, result = jax.vmap(check)(xs, result)
+        slow = jnp.zeros(resid.shape, bool)
     ok = successful(result)
     # Deduplicate (fixed size under jit): i is unique if no earlier converged j lies within tol.
     scale = 1 + jnp.max(jnp.abs(jnp.where(ok[:, None], xs, 0)), axis=-1)
@@ -349,6 +363,7 @@ def find_fixed_points(
     dedupe_tol: float | None = None,
     spectra: bool = True,
     throw: bool = False,
+    deflation: "Deflation | int | bool | None" = None,
 ) -> FixedPoints:
     """Batched multi-start Newton for the equilibria of `dx/dt = f(x)`.
 
@@ -379,6 +394,15 @@ def find_fixed_points(
     - `spectra`: compute Jacobians, eigenvalues and left/right eigenvectors.
     - `throw`: raise `RESULTS.no_fixed_point`'s message when no start converged (also under
         `jit`). By default failures are only reported in `result`.
+    - `deflation`: `None` (multi-start Newton), or deflated Newton (Farrell, Birkisson & Funke
+        2015): `True`, an int (the maximum number of roots) or a `Deflation` (power `p`, shift
+        `σ`, ...). The starts are then used in turn: from each, Newton on
+        `M(x) f(x)`, `M(x) = Π_i (‖x − r_i‖^(−p) + σ)` over the roots `r_i` found so far, is
+        repeated until it fails; each root is re-verified by undeflated Newton (its code is that
+        polish's result) and duplicates are dropped. The result then has one entry per root
+        slot (`deflation.max_roots`) instead of one per start; unused slots are NaN with
+        `RESULTS.no_fixed_point`. `slow_points` is not used. See
+        `docs/deflation_and_bifurcation_points.md`.
 
     **Returns:**
 
@@ -406,5 +430,5 @@ def find_fixed_points(
     dedupe_tol = 1e3 * atol if dedupe_tol is None else dedupe_tol
     return _find_impl(
         vector_field, params, initial_states, rtol, atol, max_steps, slow_points, dedupe_tol,
-        spectra, throw,
+        spectra, throw, as_deflation(deflation),
     )
