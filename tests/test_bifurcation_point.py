@@ -128,6 +128,7 @@ def test_hopf_brusselator_analytic_fd_jit_vmap():
     np.testing.assert_allclose(np.asarray(out.eigenvalues[0, 0]), 2.0j, atol=1e-9)
 
 
+@pytest.mark.slow  # its own compile; the fold test's a = 0 entry is the default negative control
 def test_branch_point_module_args_and_negative_control():
     pitchfork = guess("pitchfork", 0.25, [0.02], [1.0], [1.0], [0.0 + 0j])
     # c = 0: a pitchfork at μ* = a; c ≠ 0 (the last entry) breaks it: no branch point.

@@ -36,6 +36,7 @@ def _match(found, expected):
     return max(d.min(axis=0).max(), d.min(axis=1).max())
 
 
+@pytest.mark.slow  # float64 twin of the float32 test below (which runs by default)
 def test_cubic_all_roots_from_one_start():
     fps = ds.find_fixed_points(cubic, 1.0, jnp.array([[0.3]]), deflation=5)
     ok = np.asarray(fps.converged)
@@ -82,12 +83,16 @@ def test_model_form_and_multistart_misses_saddles():
     assert int(plain.num_converged) == 1
 
 
-def test_float32_and_options():
-    fps = ds.find_fixed_points(cubic, 1.0, jnp.array([[0.3]], jnp.float32), deflation=True,
-                               spectra=False)
+def test_cubic_float32_and_options():
+    # The cubic from one start, in float32: its three roots, filed first, then empty slots.
+    fps = ds.find_fixed_points(cubic, 1.0, jnp.array([[0.3]], jnp.float32), deflation=5)
     assert fps.states.dtype == jnp.float32
-    roots = np.sort(np.asarray(fps.states)[np.asarray(fps.converged), 0])
+    ok = np.asarray(fps.converged)
+    assert ok.tolist() == [True, True, True, False, False]
+    assert np.all(np.isnan(np.asarray(fps.states)[3:])) and fps.messages()[3] != ""
+    roots = np.sort(np.asarray(fps.states)[ok, 0])
     np.testing.assert_allclose(roots, [-1.0, 0.0, 1.0], atol=1e-5)
+    assert np.asarray(fps.stable)[ok].sum() == 1  # f'(0) = −1; f'(±1) = 2
     with pytest.raises(TypeError, match="`deflation`"):
         ds.find_fixed_points(cubic, 1.0, jnp.array([[0.3]]), deflation="yes")
     with pytest.raises(ValueError, match="`deflation.power`"):
