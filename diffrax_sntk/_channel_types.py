@@ -29,6 +29,13 @@ class ChannelSplit(eqx.Module):
         `channel_eigenvector`: its top eigenvector.
     - `top_eigenvalue`, `residual_top_eigenvalue`: λ_max(Θ) and λ_max(Θ_res);
         `amplification` = λ_max(Θ_bif) / λ_max(Θ_res) (`inf` when Θ_res = 0).
+    - `channel_rank`: the numerical rank of Θ_bif: the number of `channel_eigenvalues` at least
+        `channel_rank_tol` times the largest (0 when Θ_bif = 0). Unlike `rank` (how many
+        independent parameter directions span U), it counts the *responses* J U that are of
+        comparable size: 1 at a fold or pitchfork (the forcing response dominates the
+        eigenvalue one near the crossing), 2 at a Hopf whose frequency is trained (dz/dμ and
+        dz/dω orthogonal and of equal norm). `channel_rank_tol` is on the parent
+        `BifurcationChannels`.
     """
 
     bifurcation: PairedLinearOperator
@@ -46,6 +53,7 @@ class ChannelSplit(eqx.Module):
     top_eigenvalue: Float[Array, ""]
     residual_top_eigenvalue: Float[Array, ""]
     amplification: Float[Array, ""]
+    channel_rank: Int[Array, ""]
 
 
 class CriticalMode(eqx.Module):
@@ -143,6 +151,7 @@ class BifurcationChannels(eqx.Module):
         (matrix-free eigensolves did not converge); `nonfinite` (NaN or inf in Θ's spectra or
         the channel factors). The split is exact whatever the result.
     - `residual_tol`, `gap_tol`: the thresholds used for the flags.
+    - `channel_rank_tol`: the relative eigenvalue threshold behind `split.channel_rank`.
 
     Every field of the flat result of earlier versions is still readable under its old name
     (`split.energy_fraction`, `split.critical_eigenvalue`, `split.restricted`, ...), as a
@@ -155,6 +164,7 @@ class BifurcationChannels(eqx.Module):
     result: RESULTS
     residual_tol: float = eqx.field(static=True)
     gap_tol: float = eqx.field(static=True)
+    channel_rank_tol: float = eqx.field(static=True, default=0.1)
 
     bifurcation = _alias("split", "bifurcation")
     residual = _alias("split", "residual")
@@ -168,6 +178,7 @@ class BifurcationChannels(eqx.Module):
     top_eigenvalue = _alias("split", "top_eigenvalue")
     residual_top_eigenvalue = _alias("split", "residual_top_eigenvalue")
     amplification = _alias("split", "amplification")
+    channel_rank = _alias("split", "channel_rank")
     state = _alias("mode", "state")
     fixed_point_residual = _alias("mode", "fixed_point_residual")
     critical_eigenvalue = _alias("mode", "eigenvalue")

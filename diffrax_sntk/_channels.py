@@ -307,7 +307,12 @@ def _range_projection_norm(factors, vector, rank_tol):
     return jnp.linalg.norm(jnp.where(keep, vt @ vector, 0.0))
 
 
-def _make_split(spectra, J, theta, residual, U, rank, to_tree) -> ChannelSplit:
+def _numerical_rank(values, tol):
+    """How many of the descending, non-negative `values` are ≥ `tol` × the largest."""
+    return jnp.sum((values >= tol * values[0]) & (values > 0)).astype(jnp.int32)
+
+
+def _make_split(spectra, J, theta, residual, U, rank, to_tree, channel_rank_tol) -> ChannelSplit:
     shape = J.out_structure().shape
     JU = spectra.factors[:4]
     chan_vals, chan_vec = _channel_eigen(JU)
@@ -333,6 +338,7 @@ def _make_split(spectra, J, theta, residual, U, rank, to_tree) -> ChannelSplit:
         residual_top_eigenvalue=res_top,
         amplification=jnp.where(res_top > 0, chan_vals[0] / jnp.where(res_top > 0, res_top, 1.0),
                                 jnp.inf),
+        channel_rank=_numerical_rank(chan_vals, channel_rank_tol),
     )
 
 
@@ -389,6 +395,7 @@ def bifurcation_channels(
     residual_tol: float | None = None,
     gap_tol: float = 0.5,
     rank_tol: float | None = None,
+    channel_rank_tol: float = 0.1,
     filter_spec: Any = eqx.is_inexact_array,
     key: PRNGKeyArray | None = None,
     throw: bool = False,
@@ -438,6 +445,9 @@ def bifurcation_channels(
     - `residual_tol`: `no_fixed_point` when ‖f(x*)‖ exceeds it (default √eps).
     - `gap_tol`: flag `far_from_critical` when `gap_ratio` exceeds it (default 0.5).
     - `rank_tol`: relative tolerance under which a direction counts as dependent (default √eps).
+    - `channel_rank_tol`: `split.channel_rank` counts the eigenvalues of Θ_bif that are at least
+        this fraction of its largest (default 0.1, i.e. singular values of J U within a factor
+        ≈ 3.2 of the largest).
     - `filter_spec`: which model leaves are parameters (default inexact arrays).
     - `key`: PRNG key for the matrix-free estimators (default `PRNGKey(0)`).
     - `throw`: raise (with `eqx.error_if`, so also under `jit`) when `result` is not
@@ -455,6 +465,8 @@ def bifurcation_channels(
         check_callable(vector_field, "vector_field", "vector_field(x, model)")
     if not gap_tol > 0:
         raise ValueError(f"`gap_tol` must be positive, got {gap_tol!r}.")
+    if not 0 < channel_rank_tol < 1:
+        raise ValueError(f"`channel_rank_tol` must lie in (0, 1), got {channel_rank_tol!r}.")
     if not isinstance(problem, TrajectoryProblem):
         raise TypeError(
             f"`problem` must be a `diffrax_sntk.TrajectoryProblem`, got {type(problem).__name__}."
@@ -497,7 +509,7 @@ def bifurcation_channels(
         spectra = _dense_spectra(J, tangents, U)
     else:
         spectra = _matfree_spectra(J, theta, residual, tangents, unravel, key)
-    split = _make_split(spectra, J, theta, residual, U, rank, to_tree)
+    split = _make_split(spectra, J, theta, residual, U, rank, to_tree, float(channel_rank_tol))
     # Normal-form profile of the forcing direction: c = wᵀ(∂f/∂θ)ĝ_f.
     c = mode.left_eigenvector @ jax.jvp(lambda p: f(x_star, p), (flat,), (g_hat,))[1]
     predicted = _profile(problem, mode.eigenvalue, mode.right_eigenvector, mode.is_complex, c)
@@ -511,5 +523,5 @@ def bifurcation_channels(
         )
     return BifurcationChannels(
         split=split, mode=mode, diagnostics=diagnostics, result=result,
-        residual_tol=res_tol, gap_tol=float(gap_tol),
+        residual_tol=res_tol, gap_tol=float(gap_tol), channel_rank_tol=float(channel_rank_tol),
     )

@@ -89,7 +89,14 @@ def _sweep(args: argparse.Namespace) -> int:
 
     from .experiments import StudentTeacherConfig, run_sweep
 
-    base = StudentTeacherConfig.preset("quick" if args.quick else "default", task=args.task)
+    task_fields = {}
+    if args.task == "hopf":
+        task_fields["hopf_frequency"] = args.hopf_frequency or "fixed"
+    elif args.hopf_frequency is not None:
+        print("--hopf-frequency applies to --task hopf only", file=sys.stderr)
+        return 2
+    base = StudentTeacherConfig.preset("quick" if args.quick else "default", task=args.task,
+                                       **task_fields)
     overrides = {}
     if args.learning_rates is not None:
         overrides["learning_rates"] = args.learning_rates
@@ -154,7 +161,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="shared | independent (or both, comma-separated)")
     sw.add_argument("--teacher-gain", type=float, default=None)
     sw.add_argument("--trainable", choices=["W", "W,b,U"], default=None)
-    sw.add_argument("--task", choices=["pitchfork"], default="pitchfork")
+    sw.add_argument("--task", choices=["pitchfork", "fold", "hopf"], default="pitchfork",
+                    help="pitchfork (default), fold (a saddle-node birth of a second attractor) "
+                         "or hopf (a limit cycle born in a supercritical Hopf)")
+    sw.add_argument("--hopf-frequency", choices=["fixed", "trained"], default=None,
+                    help="task hopf: the student's frequency is the teacher's and fixed "
+                         "(default), or starts elsewhere and is trained")
     sw.add_argument("--steps", type=int, default=None)
     sw.add_argument("--eval-every", type=int, default=None)
     sw.add_argument("--trials", type=int, default=None)

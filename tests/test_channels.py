@@ -340,12 +340,20 @@ def _hopf(t, x, a):
     return jnp.stack([dz.real, dz.imag]) + a["b"]
 
 
+_HOPF_PROBLEM = ds.TrajectoryProblem(jnp.linspace(0.5, 10.0, 8), jnp.array([[0.5, 0.0]]))
+
+
+@eqx.filter_jit
+def _hopf_run(model, spec):
+    # One compilation per (vector field, filter_spec): μ is data.
+    return ds.bifurcation_channels(model, _HOPF_PROBLEM, jnp.zeros(2), filter_spec=spec)
+
+
 def test_hopf_channel_is_rank_two():
     model = ds.VectorField(
         _hopf, {"mu": jnp.array(-0.1), "omega": jnp.array(1.0), "b": jnp.zeros(2)}
     )
-    problem = ds.TrajectoryProblem(jnp.linspace(0.5, 10.0, 8), jnp.array([[0.5, 0.0]]))
-    split = eqx.filter_jit(lambda m: ds.bifurcation_channels(m, problem, jnp.zeros(2)))(model)
+    split = _hopf_run(model, eqx.is_inexact_array)
     lam = complex(split.critical_eigenvalue)
     assert abs(lam - (-0.1 + 1j)) < 1e-12
     assert int(split.rank) == 2
@@ -356,6 +364,41 @@ def test_hopf_channel_is_rank_two():
     vals = np.asarray(split.channel_eigenvalues)
     assert vals[1] > 1e-2 * vals[0] and vals[2] <= 1e-12 * vals[0]
     assert split.warnings == ()
+
+
+def _hopf_slow_frequency(t, x, a):
+    # The same field with ω = 0.1·ω': Im λ still moves with the parameter, at a tenth of the rate.
+    return _hopf(t, x, {**a, "omega": 0.1 * a["omega"]})
+
+
+def test_hopf_channel_numerical_rank():
+    # At the Hopf point (μ = 0): trained frequency → rank 2; frequency fixed (not a parameter)
+    # → rank 1; negative control: a frequency parameter that moves Im λ ten times more slowly
+    # spans a second basis direction (`rank` 2) whose response is 100× smaller in Θ_bif, so
+    # the numerical rank is 1.
+    problem = _HOPF_PROBLEM
+    args = {"mu": jnp.array(0.0), "omega": jnp.array(1.0), "b": jnp.zeros(2)}
+    trained = ds.VectorField(_hopf, args)
+    fixed_spec = ds.VectorField(_hopf, {"mu": True, "omega": False, "b": True})
+    slow = ds.VectorField(_hopf_slow_frequency, {**args, "omega": jnp.array(10.0)})
+    run = _hopf_run
+    s_trained = run(trained, eqx.is_inexact_array)
+    s_fixed = run(trained, fixed_spec)
+    s_slow = run(slow, eqx.is_inexact_array)
+    assert s_trained.channel_rank_tol == 0.1
+    assert (int(s_trained.rank), int(s_trained.channel_rank)) == (2, 2)
+    # dz/dμ and dz/dω are orthogonal and of equal norm in the linear regime; along this
+    # trajectory (r decays from 0.5 at μ = 0) the ratio of the channel eigenvalues is 0.38.
+    vals = np.asarray(s_trained.channel_eigenvalues)
+    assert 0.3 < vals[1] / vals[0] < 0.5
+    assert (int(s_fixed.rank), int(s_fixed.channel_rank)) == (1, 1)
+    assert (int(s_slow.rank), int(s_slow.channel_rank)) == (2, 1)
+    # The slow direction is there, a hundredth of the leading one: a threshold below that would
+    # count it.
+    vals = np.asarray(s_slow.channel_eigenvalues)
+    assert 5e-3 < vals[1] / vals[0] < 5e-2
+    with pytest.raises(ValueError, match="channel_rank_tol"):
+        ds.bifurcation_channels(slow, problem, jnp.zeros(2), channel_rank_tol=1.5)
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,9 @@ import diffrax_sntk as ds
 from .._misc import participation_ratio
 from . import _criteria as C
 from ._config import StudentTeacherConfig
+from ._criteria_hopf import c4_hopf
 from ._run import Setup, make_problem, mse, observation_times, param_spec, use_exact
+from ._task_analysis import hopf_coefficients, initial_branch, task_events
 
 __all__ = ["analyse_run", "critical_eigenvalues", "stable_learning_rate"]
 
@@ -72,9 +74,28 @@ def _rows(history):
     return jax.tree_util.tree_leaves(history)[0].shape[0]
 
 
+# `bifurcation_channels`' default numerical-rank threshold, recorded with each run.
+_CHANNEL_RANK_TOL = 0.1
+
+
 @eqx.filter_jit
 def _split(model, problem, critical, spec):
-    return ds.bifurcation_channels(model, problem, critical, input=jnp.zeros(1), filter_spec=spec)
+    return ds.bifurcation_channels(model, problem, critical, input=jnp.zeros(1), filter_spec=spec,
+                                   channel_rank_tol=_CHANNEL_RANK_TOL)
+
+
+def _hopf_c4_args(cfg, seed_setup, model_c, spec, bif, u_tree, response):
+    """C4's inputs at a Hopf crossing: the complex projection z = ℓᵀ(x − x*) of each trial on
+    the fine grid and the reduced coefficients (`_criteria_hopf`)."""
+    v, ell, lam, c1, dlam, a_u = hopf_coefficients(model_c, spec, bif, u_tree)
+    num_fine = int(round(_FINE_PER_UNIT_TIME * cfg.t_end))
+    t_fine = np.linspace(0.0, cfg.t_end, num_fine + 1)
+    fine = make_problem(cfg, seed_setup.y0, ts=jnp.asarray(t_fine[1:]))
+    xs = np.asarray(_simulate(model_c, fine))
+    xs = np.concatenate([np.asarray(seed_setup.y0)[:, None, :], xs], axis=1)
+    z = (xs - np.asarray(bif.state)) @ ell
+    return dict(response=response, v=v, z=z, t_fine=t_fine,
+                t_obs=np.asarray(observation_times(cfg)), lam=lam, c1=c1, dlam=dlam, a_u=a_u)
 
 
 @eqx.filter_jit
@@ -190,14 +211,24 @@ def analyse_run(
         keep = eval_steps < diverged_at
         eval_steps, pr, top = eval_steps[keep], pr[keep], top[keep]
 
-    if len(eval_steps) >= 2:
+    followed_states = None
+    followed = "initial"
+    if len(eval_steps) >= 2 and cfg.task == "pitchfork":
         track, lam_c = critical_eigenvalues(sgd["history"], student, eval_steps)
         crossings = sorted((b for b in track.bifurcations if b.branch == 0),
                            key=lambda b: float(b.parameter))
+    elif len(eval_steps) >= 2:
+        events = task_events(sgd["history"], student, spec, eval_steps, problem)
+        track, lam_c, crossings = events.track, events.lam_c, events.crossings
+        followed_states, followed = events.states, events.followed
     else:
         track, lam_c, crossings = None, np.full(len(eval_steps), np.nan), []
+    births = [] if track is None else list(track.births)
     bif_list = [{"kind": _kind(b), "step": float(b.parameter) * cfg.eval_every,
-                 "direction": int(b.direction), "located": bool(b.located)} for b in crossings]
+                 "direction": int(b.direction), "located": bool(b.located),
+                 **({"event": "birth" if any(b is x for x in births) else
+                     "death" if b.branch < 0 else "branch"} if cfg.task != "pitchfork" else {})}
+                for b in crossings]
     cross_steps = [d["step"] for d in bif_list]
     has = bool(crossings)
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(student, spec)))
@@ -212,6 +243,8 @@ def analyse_run(
     c3_args: dict[str, Any] = dict(energy_at_crossing=None, overlap_at_crossing=None,
                                    lam_c_points=[], energy_points=[], overlap_points=[])
     c4_args: dict[str, Any] = {}
+    c4_hopf_args: dict[str, Any] | None = None
+    channel_rank = None
     kind = None
     if has:
         first = crossings[0]
@@ -222,11 +255,13 @@ def analyse_run(
         _, unravel = jfu.ravel_pytree(theta_c)
         u_tree = unravel(u_flat)
         split = _split(model_c, problem, first, spec)
+        channel_rank = int(split.channel_rank)
         c2_args = dict(pr_at_crossing=pr_c, gap_at_crossing=gap_c)
         c3_args.update(energy_at_crossing=float(split.energy_fraction),
                        overlap_at_crossing=float(split.dominant_overlap))
         idx = C.choose_channel_evaluations(lam_c)
-        states = np.asarray(track.states)[:, 0, :]  # type: ignore[union-attr]
+        states = (np.asarray(track.states)[:, 0, :] if followed_states is None  # type: ignore[union-attr]
+                  else followed_states)
         for i in idx:
             theta_i = jax.tree_util.tree_map(lambda h, i=i: h[eval_steps[i]], sgd["history"])
             s_i = _split(eqx.combine(theta_i, static), problem, jnp.asarray(states[i]), spec)
@@ -235,6 +270,8 @@ def analyse_run(
             c3_args["overlap_points"].append(float(s_i.dominant_overlap))
         # C4: the reduced equation along the critical eigenvector, driven by each trial's
         # projected trajectory on a fine grid.
+        if kind == "hopf" and cfg.task != "pitchfork":
+            c4_hopf_args = _hopf_c4_args(cfg, seed_setup, model_c, spec, first, u_tree, response)
         x_star = np.asarray(first.state)
         q = np.real(np.asarray(first.right_eigenvector))
         p = np.real(np.asarray(first.left_eigenvector))
@@ -268,7 +305,12 @@ def analyse_run(
                                       else np.full((len(pr), 2), np.nan), has_crossing=has,
                                       **c2_args)
     criteria["C3_channel"] = C.c3_channel(has_crossing=has, **c3_args)
-    if has:
+    if has and c4_hopf_args is not None:
+        criteria["C4_normal_form"] = c4_hopf(**c4_hopf_args)
+    elif has and not np.all(np.isfinite(c4_args["q"])):
+        criteria["C4_normal_form"] = C._result(None, None, "crossing not localised", errors={},
+                                               best_rival=None, scale=None)
+    elif has:
         criteria["C4_normal_form"] = C.c4_normal_form(has_crossing=True, **c4_args)
     else:
         criteria["C4_normal_form"] = C.c4_normal_form(
@@ -302,7 +344,9 @@ def analyse_run(
     ng_steps = np.arange(0, cfg.steps + 1, cfg.eval_every)[ng["eval_idx"]]
     ng_note = None
     try:
-        ng_track, ng_lam = (critical_eigenvalues(ng["history"], student, ng_steps)
+        tracker = critical_eigenvalues if cfg.task == "pitchfork" else (
+            lambda h, st, steps: initial_branch(h, st, spec, steps))
+        ng_track, ng_lam = (tracker(ng["history"], student, ng_steps)
                             if len(ng_steps) > 1 else (None, None))
     except Exception as e:  # context only: recorded, the criteria stand
         ng_track, ng_lam, ng_note = None, None, f"{type(e).__name__}: {e}"
@@ -322,7 +366,17 @@ def analyse_run(
         # Failed eigenbasis refreshes of the natural-gradient run (each kept the previous basis).
         "ng_refresh_failures": int(ng.get("refresh_failures", 0)),
     }
-    return {"criteria": criteria, "bifurcations": bif_list, "first_bifurcation_kind": kind,
+    if cfg.task != "pitchfork":
+        curves["followed_equilibrium"] = followed
+        curves["births"] = [float(b.parameter) * cfg.eval_every for b in births]
+        curves["deaths"] = [] if track is None else [
+            float(b.parameter) * cfg.eval_every for b in track.deaths]
+        curves["ghosts"] = 0 if track is None or track.ghosts is None else int(
+            track.ghosts.num_ghosts)
+    extra = {"task": cfg.task_label, "channel_rank": channel_rank,
+             "channel_rank_tol": _CHANNEL_RANK_TOL}
+    return {**extra, "criteria": criteria, "bifurcations": bif_list,
+            "first_bifurcation_kind": kind,
             "at_crossing": C._clean(at), "curves": curves}
 
 

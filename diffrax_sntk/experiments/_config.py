@@ -23,7 +23,11 @@ def require_x64(name: str) -> None:
 
 _STUDENTS = ("shared", "independent")
 _TRAINABLE = ("W", "W,b,U")
-_TASKS = ("pitchfork",)
+_TASKS = ("pitchfork", "fold", "hopf")
+_HOPF_FREQUENCY = ("fixed", "trained")
+# Fields of the fold and Hopf tasks; left out of `to_dict` while `None`, so that a pitchfork
+# run keeps the configuration (run id, cache key) it had before these tasks existed.
+_TASK_FIELDS = ("hopf_frequency", "teacher_bias", "teacher_frequency", "student_frequency")
 _PR_METHODS = ("auto", "exact", "matfree")
 
 
@@ -38,7 +42,17 @@ class StudentTeacherConfig:
         W_T = g_T q qᵀ + random bulk; student W_S = g_S q_S q_Sᵀ + its own random bulk, its own
         random U; both bulks have entries N(0, (bulk_gain/√N)²) with their q projected out).
     - `trainable`: `"W"` or `"W,b,U"` (default: `"W"` for shared, `"W,b,U"` for independent).
-    - `task`: `"pitchfork"` (the teacher has passed a pitchfork along q).
+    - `task`: `"pitchfork"` (the teacher has passed a pitchfork along q), `"fold"` (the same
+        teacher with a bias `teacher_bias`·q: an imperfect pitchfork whose far attractor the
+        student, starting at gain `student_gain` with the same bias, must create in a
+        saddle-node) or `"hopf"` (the teacher has a stable limit cycle, born in a supercritical
+        Hopf of a rotation block of gain `teacher_gain` and frequency `teacher_frequency` in a
+        plane; the student starts with damped oscillations, gain `student_gain`). See
+        `experiments/_tasks.py` and `docs/fold_hopf_tasks.md`.
+    - `hopf_frequency` (task `"hopf"`): `"fixed"` (the student's frequency is the teacher's and
+        is not trained) or `"trained"` (it starts at `student_frequency` and is trained).
+    - `teacher_bias` (fold; default 0.15), `teacher_frequency` (Hopf; default 1.0),
+        `student_frequency` (Hopf, trained frequency; default 0.7).
 
     **Sizes:** `hidden` (N), `outputs` (observed units), `trials`, `times` observation times on
     [`t_start`, `t_end`] (`t_start` default `t_end / times`), input pulses on [0, `pulse_end`].
@@ -67,6 +81,10 @@ class StudentTeacherConfig:
     student: str = "shared"
     trainable: str | None = None
     task: str = "pitchfork"
+    hopf_frequency: str | None = None
+    teacher_bias: float | None = None
+    teacher_frequency: float | None = None
+    student_frequency: float | None = None
     learning_rate: float = 0.5
     learning_rates: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
     steps: int = 120
@@ -88,6 +106,18 @@ class StudentTeacherConfig:
         check("student", self.student in _STUDENTS, f"one of {_STUDENTS}")
         check("trainable", self.trainable in (None,) + _TRAINABLE, f"one of {_TRAINABLE}")
         check("task", self.task in _TASKS, f"one of {_TASKS}")
+        check("hopf_frequency", self.hopf_frequency in (None,) + _HOPF_FREQUENCY,
+              f"None or one of {_HOPF_FREQUENCY}")
+        check("hopf_frequency", self.hopf_frequency is None or self.task == "hopf",
+              "None unless `task` is \"hopf\"")
+        check("teacher_bias", self.teacher_bias is None or self.task == "fold",
+              "None unless `task` is \"fold\"")
+        for name in ("teacher_frequency", "student_frequency"):
+            check(name, getattr(self, name) is None or self.task == "hopf",
+                  "None unless `task` is \"hopf\"")
+        check("hidden", self.task != "hopf" or self.hidden >= 3, "at least 3 for the Hopf task")
+        check("trainable", self.task != "hopf" or self.trainable is None,
+              "None for the Hopf task (it trains gain, bulk, U and, if trained, omega)")
         check("pr_method", self.pr_method in _PR_METHODS, f"one of {_PR_METHODS}")
         for name in ("hidden", "outputs", "trials", "times", "steps", "eval_every", "rank",
                      "refresh_every", "top_k", "landscape_points"):
@@ -108,9 +138,39 @@ class StudentTeacherConfig:
 
     @property
     def trained(self) -> tuple[str, ...]:
-        """The trained CTRNN fields."""
-        default = "W" if self.student == "shared" else "W,b,U"
+        """The trained model fields (CTRNN fields; for the Hopf task the rotation model's
+        `gain`, `bulk`, `U` and, with a trained frequency, `omega`)."""
+        if self.task == "hopf":
+            base = ("gain", "bulk", "U")
+            return base + (("omega",) if self.frequency_mode == "trained" else ())
+        default = "W" if self.student == "shared" and self.task == "pitchfork" else "W,b,U"
         return tuple((self.trainable or default).split(","))
+
+    @property
+    def frequency_mode(self) -> str:
+        """`hopf_frequency` with its default (`"fixed"`)."""
+        return self.hopf_frequency or "fixed"
+
+    @property
+    def bias(self) -> float:
+        """`teacher_bias` with its default (0.15)."""
+        return 0.15 if self.teacher_bias is None else float(self.teacher_bias)
+
+    @property
+    def omega_teacher(self) -> float:
+        return 1.0 if self.teacher_frequency is None else float(self.teacher_frequency)
+
+    @property
+    def omega_student(self) -> float:
+        """The student's initial frequency: the teacher's when it is fixed."""
+        if self.frequency_mode == "fixed":
+            return self.omega_teacher
+        return 0.7 if self.student_frequency is None else float(self.student_frequency)
+
+    @property
+    def task_label(self) -> str:
+        """`pitchfork`, `fold`, `hopf_fixed` or `hopf_trained` (the summary's task groups)."""
+        return f"hopf_{self.frequency_mode}" if self.task == "hopf" else self.task
 
     @property
     def first_time(self) -> float:
@@ -133,6 +193,9 @@ class StudentTeacherConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["learning_rates"] = list(self.learning_rates)
+        for name in _TASK_FIELDS:
+            if d[name] is None:
+                d.pop(name)
         return d
 
     def group(self) -> dict:

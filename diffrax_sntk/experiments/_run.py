@@ -24,6 +24,7 @@ import diffrax_sntk as ds
 
 from .._misc import participation_ratio
 from ._config import StudentTeacherConfig
+from ._tasks import task_param_spec, task_setup
 
 __all__ = ["Setup", "setup", "make_problem", "param_spec", "train", "evaluate", "OPTIMIZERS"]
 
@@ -93,7 +94,10 @@ def setup(cfg: StudentTeacherConfig, key) -> Setup:
         return eqx.tree_at(lambda m: (m.W, m.U, m.C, m.b, m.d), template,
                            (W, U, readout, jnp.zeros(n), jnp.zeros(cfg.outputs)))
 
-    if cfg.student == "shared":
+    if cfg.task != "pitchfork":
+        # The fold and Hopf tasks draw their own weights; y0 comes from the same key as above.
+        teacher, student = task_setup(cfg, jr.fold_in(key, 17), template)
+    elif cfg.student == "shared":
         basis, _ = jnp.linalg.qr(jr.normal(kq, (n, n)))
         q = basis[:, 0]
         radii = jnp.linspace(cfg.bulk_radius, -cfg.bulk_radius, n - 1)
@@ -122,7 +126,9 @@ def canonical(cfg: StudentTeacherConfig, setup: bool = False) -> StudentTeacherC
     if setup:
         return cfg
     return dataclasses.replace(cfg, teacher_gain=1.0, student_gain=1.0, bulk_radius=0.0,
-                               bulk_gain=0.0, initial_spread=1.0)
+                               bulk_gain=0.0, initial_spread=1.0,
+                               teacher_bias=None, teacher_frequency=None,
+                               student_frequency=None)
 
 
 def setups(cfg: StudentTeacherConfig, seeds) -> Setup:
@@ -138,6 +144,8 @@ def _setups(cfg, keys):
 
 def param_spec(cfg: StudentTeacherConfig, model: ds.CTRNN):
     """`filter_spec` of the trained fields."""
+    if cfg.task != "pitchfork":
+        return task_param_spec(cfg, model)
     spec = jax.tree_util.tree_map(lambda _: False, model)
     getters = {"W": lambda m: m.W, "b": lambda m: m.b, "U": lambda m: m.U}
     for name in cfg.trained:

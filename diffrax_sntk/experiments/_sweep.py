@@ -68,9 +68,19 @@ def _append(path: str, record: dict) -> None:
         f.write(json.dumps(record, allow_nan=False) + "\n")
 
 
+def _task_label(config: dict) -> str:
+    task = config.get("task", "pitchfork")
+    return f"hopf_{config.get('hopf_frequency') or 'fixed'}" if task == "hopf" else task
+
+
+# The kind of bifurcation each task is built to make training cross.
+INTENDED_KIND = {"pitchfork": "pitchfork", "fold": "fold", "hopf_fixed": "hopf",
+                 "hopf_trained": "hopf"}
+
+
 def _error_record(config: dict, message: str) -> dict:
     return {
-        "config": config,
+        "config": config, "task": _task_label(config), "channel_rank": None,
         "criteria": {name: {"value": None, "pass": None, "note": "error"} for name in CRITERIA},
         "bifurcations": [], "first_bifurcation_kind": None, "at_crossing": {}, "curves": {},
         "error": message, "wall_time_seconds": None,
@@ -269,7 +279,37 @@ def summarise(records: Iterable[dict]) -> dict:
             "first_bifurcation_kinds": kinds,
         })
     out.sort(key=lambda g: json.dumps(g["config"], sort_keys=True))
-    return {"groups": out}
+    return {"groups": out, "tasks": _summarise_tasks(records)}
+
+
+def _summarise_tasks(records: Iterable[dict]) -> list[dict]:
+    """Runs grouped by task label (`pitchfork`, `fold`, `hopf_fixed`, `hopf_trained`) and
+    learning rate: every criterion's rate, the intended-kind rate and the channel ranks."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        c = r["config"]
+        key = (_task_label(c), c.get("student"), c.get("hidden"), c.get("learning_rate"))
+        groups.setdefault(key, []).append(r)
+    out = []
+    for (task, student, hidden, lr), recs in sorted(groups.items(), key=lambda kv: json.dumps(
+            kv[0])):
+        intended = INTENDED_KIND[task]
+        ranks: dict[str, int] = {}
+        for r in recs:
+            k = str(r.get("channel_rank")) if r.get("channel_rank") is not None else "none"
+            ranks[k] = ranks.get(k, 0) + 1
+        out.append({
+            "task": task, "student": student, "hidden": hidden, "learning_rate": lr,
+            "runs": len(recs),
+            "criteria": {name: C.criterion_stats(
+                [r["criteria"].get(name, {}).get("pass") for r in recs]) for name in CRITERIA},
+            "intended_kind": intended,
+            "intended_kind_first": C.criterion_stats(
+                [r.get("first_bifurcation_kind") == intended for r in recs]),
+            "channel_ranks": ranks,
+            "errors": sum(r.get("error") is not None for r in recs),
+        })
+    return out
 
 
 def run_sweep(
@@ -315,7 +355,8 @@ def run_sweep(
 
     try:
         for cfg in configs:
-            log(f"group {cfg.group_key()}: student={cfg.student}, N={cfg.hidden}, teacher gain "
+            log(f"group {cfg.group_key()}: task={cfg.task_label}, student={cfg.student}, "
+                f"N={cfg.hidden}, teacher gain "
                 f"{cfg.teacher_gain}, rates {list(cfg.learning_rates)}, seeds {list(seeds)}")
             todo = [s for s in seeds if any(
                 not done(dataclasses.replace(cfg, seed=s, learning_rate=lr).to_dict())

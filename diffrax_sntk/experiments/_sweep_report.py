@@ -157,6 +157,25 @@ def _stat_cell(stats: dict | None) -> str:
 # Markdown
 
 
+def _task_section(tasks: list[dict]) -> list[str]:
+    """Per task (and student, N, rate): the intended-kind rate, channel ranks and criteria."""
+    if not tasks or all(t.get("task") == "pitchfork" for t in tasks):
+        return []
+    head = ["task", "student", "N", "lr", "runs", "first kind = intended", "channel rank"]
+    head += [_SHORT[n] for n in _CRITERIA]
+    rows = []
+    for t in tasks:
+        ranks = ", ".join(f"{k}: {v}" for k, v in sorted((t.get("channel_ranks") or {}).items()))
+        rows.append([str(t.get("task")), str(t.get("student")), _fmt(t.get("hidden")),
+                     _fmt(t.get("learning_rate")), str(t.get("runs")),
+                     f"{t.get('intended_kind')}: {_stat_cell(t.get('intended_kind_first'))}",
+                     ranks or "–"] + [_stat_cell((t.get("criteria") or {}).get(n))
+                                      for n in _CRITERIA])
+    return ["## By task", "", "The intended kind is the bifurcation the task is built to make "
+            "training cross; `channel rank` counts runs by `channel_rank` at the first crossing "
+            "(`none`: no crossing).", ""] + _table(head, rows) + [""]
+
+
 def summary_markdown(summary: dict, records: list[dict]) -> str:
     """The Markdown report of a sweep (`summary.md`).
 
@@ -193,6 +212,7 @@ def summary_markdown(summary: dict, records: list[dict]) -> str:
         )
     head = _GROUP_HEAD + [_SHORT[n] for n in _CRITERIA] + ["errors", "first bifurcation"]
     lines += ["## Pass counts", ""] + _table(head, rows) + [""]
+    lines += _task_section(summary.get("tasks") or [])
 
     # Notes per criterion.
     lines += [
