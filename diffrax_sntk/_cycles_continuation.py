@@ -105,8 +105,20 @@ class _State(eqx.Module):
     ev_result: RESULTS
 
 
-def _step_loop(family, args, z0, s1, h0, h_max, h_min, max_steps, max_events, locate_steps,
-               opts: ShootingOptions, parameter_tol):
+def _step_loop(
+    family,
+    args,
+    z0,
+    s1,
+    h0,
+    h_max,
+    h_min,
+    max_steps,
+    max_events,
+    locate_steps,
+    opts: ShootingOptions,
+    parameter_tol,
+):
     m = z0.shape[0]
     n = m - 2
     dtype = z0.dtype
@@ -170,8 +182,9 @@ def _step_loop(family, args, z0, s1, h0, h_max, h_min, max_steps, max_events, lo
         k = jnp.where(accept, st.k + (mode == _STEP), st.k)
         z_buf = jnp.where(accept, st.z_buf.at[k].set(z), st.z_buf)
         mult_buf = jnp.where(accept, st.mult_buf.at[k].set(orbit.multipliers), st.mult_buf)
-        unstable_buf = jnp.where(accept, st.unstable_buf.at[k].set(orbit.num_unstable),
-                                 st.unstable_buf)
+        unstable_buf = jnp.where(
+            accept, st.unstable_buf.at[k].set(orbit.num_unstable), st.unstable_buf
+        )
         # Queue events from sign changes between the last point and this one.
         changed = (mode == _STEP) & accept & (jnp.sign(g_new) != jnp.sign(st.g))
         u_end = jnp.dot(z - st.z, st.t)
@@ -190,17 +203,27 @@ def _step_loop(family, args, z0, s1, h0, h_max, h_min, max_steps, max_events, lo
             ev["count"] = ev["count"] + changed[i]
             return ev
 
-        ev = dict(kind=st.ev_kind, index=st.ev_index, za=st.ev_za, ta=st.ev_ta, u=st.ev_u,
-                  g=st.ev_g, count=st.num_detected)
+        ev = dict(
+            kind=st.ev_kind,
+            index=st.ev_index,
+            za=st.ev_za,
+            ta=st.ev_ta,
+            u=st.ev_u,
+            g=st.ev_g,
+            count=st.num_detected,
+        )
         for i in range(3):
             ev = enqueue(i, ev)
 
         grow = jnp.where(steps <= 3, 1.5, jnp.where(steps <= 6, 1.0, 0.7))
-        h = jnp.where(mode == _STEP, jnp.where(accept, jnp.minimum(st.h * grow, h_max), st.h / 2),
-                      st.h)
+        h = jnp.where(
+            mode == _STEP, jnp.where(accept, jnp.minimum(st.h * grow, h_max), st.h / 2), st.h
+        )
         # The end of the range, or back before the start (the branch folded back over p0).
-        past_end = (mode == _STEP) & accept & (
-            (direction * (z[-1] - s1) >= 0) | (direction * (z[-1] - z0[-1]) < 0)
+        past_end = (
+            (mode == _STEP)
+            & accept
+            & ((direction * (z[-1] - s1) >= 0) | (direction * (z[-1] - z0[-1]) < 0))
         )
         too_small = (mode == _STEP) & ~accept & (h < h_min)
         full = accept & (k >= max_steps)
@@ -385,22 +408,48 @@ class CycleBranch(eqx.Module):
                     period=ev.period[i],
                     multipliers=ev.multipliers[i],
                     index=int(ev.index[i]),
-                    result=jax.tree_util.tree_map(lambda a: a[i], ev.result),
+                    result=jax.tree_util.tree_map(lambda a, i=i: a[i], ev.result),
                 )
             )
         return tuple(sorted(out, key=lambda b: b.index))
 
 
 @eqx.filter_jit
-def _continue_impl(family, args, x0, period, s0, s1, h0, h_max, h_min, max_steps, max_events,
-                   locate_steps, opts, parameter_tol):
+def _continue_impl(
+    family,
+    args,
+    x0,
+    period,
+    s0,
+    s1,
+    h0,
+    h_max,
+    h_min,
+    max_steps,
+    max_events,
+    locate_steps,
+    opts,
+    parameter_tol,
+):
     args = error_if_nonfinite(args, "args")
     x0 = error_if_nonfinite(x0, "x0")
     period = eqx.error_if(period, ~(period > 0), "`period` must be positive and finite")
     s1 = error_if_not(s1, s0 != s1, "`p0` and `p1` must differ")
     z0 = jnp.concatenate([x0, period[None], s0[None]])
-    st = _step_loop(family, args, z0, s1, h0, h_max, h_min, max_steps, max_events, locate_steps,
-                    opts, parameter_tol)
+    st = _step_loop(
+        family,
+        args,
+        z0,
+        s1,
+        h0,
+        h_max,
+        h_min,
+        max_steps,
+        max_events,
+        locate_steps,
+        opts,
+        parameter_tol,
+    )
     n = x0.shape[0]
     valid = jnp.arange(max_events) < jnp.minimum(st.num_detected, max_events)
     events = CycleEvents(
@@ -413,8 +462,11 @@ def _continue_impl(family, args, x0, period, s0, s1, h0, h_max, h_min, max_steps
         multipliers=st.ev_mult,
         located=st.ev_located,
         # A slot the loop never finished (iteration cap) was not localised.
-        result=_where(valid & ~st.ev_located & successful(st.ev_result),
-                      RESULTS.localisation_failed, st.ev_result),
+        result=_where(
+            valid & ~st.ev_located & successful(st.ev_result),
+            RESULTS.localisation_failed,
+            st.ev_result,
+        ),
         num_detected=st.num_detected,
     )
     length = jnp.where(jnp.isnan(st.z_buf[0, -1]), 0, st.k + 1)
@@ -516,8 +568,18 @@ def continue_periodic_orbit(
     f64 = dtype == jnp.float64
     tol = (1e-9 if f64 else 1e-4) if parameter_tol is None else float(parameter_tol)
     return _continue_impl(
-        family, args, x0, jnp.asarray(period, dtype), s0, s1,
-        as_h(step_size, span / 20), as_h(max_step_size, span / 5),
-        as_h(min_step_size, 1e-6 * span), max_steps, max_events, int(locate_steps), opts, tol,
+        family,
+        args,
+        x0,
+        jnp.asarray(period, dtype),
+        s0,
+        s1,
+        as_h(step_size, span / 20),
+        as_h(max_step_size, span / 5),
+        as_h(min_step_size, 1e-6 * span),
+        max_steps,
+        max_events,
+        int(locate_steps),
+        opts,
+        tol,
     )
-

@@ -22,6 +22,7 @@ discrete map that Newton solves, so `M` is consistent with the orbit found.
 """
 
 from collections.abc import Callable
+from typing import cast
 
 import diffrax as dfx
 import equinox as eqx
@@ -156,7 +157,7 @@ def flow(family, args, x0, period, s, opts: ShootingOptions, ts=None):
         throw=False,
     )
     failed = sol.result != dfx.RESULTS.successful
-    ys = sol.ys
+    ys = cast(Array, sol.ys)
     return (ys[-1] if ts is None else ys), failed
 
 
@@ -307,14 +308,41 @@ def reference(family, args, x, s):
     return x, unit(family(x, s, args))
 
 
+def _first_return(family, args, x0, period, s, x_ref, f_ref, opts, num=513):
+    """The period guess refined from the relaxed trajectory: the first return to the phase
+    hyperplane (a crossing in the direction of the flow, near `x_ref`) within three guessed
+    periods, linearly interpolated between samples. Newton needs a period guess well inside
+    its basin: from a guess far off, `T → 0` (where the shooting residual vanishes trivially)
+    attracts it. Keeps the guess when no return is seen."""
+    ts = jnp.linspace(0, 1, num, dtype=x0.dtype)
+    window = 3 * period
+    ys, failed = flow(family, args, x0, window, s, opts, ts=ts)
+    h = (ys - x_ref) @ f_ref
+    dist = jnp.linalg.norm(ys - x_ref, axis=-1)
+    # Crossings far from x_ref are where the hyperplane cuts the orbit elsewhere.
+    near = dist[1:] <= 0.25 * jnp.max(dist)
+    up = (h[:-1] < 0) & (h[1:] >= 0) & near
+    k = jnp.argmax(up)
+    frac = h[k] / jnp.where(h[k] != h[k + 1], h[k] - h[k + 1], 1)
+    estimate = window * (ts[k] + frac * (ts[k + 1] - ts[k]))
+    return jnp.where(jnp.any(up) & ~failed, estimate, period)
+
+
 @eqx.filter_jit
-def _find_impl(family, args, x0, period, s, opts, throw):
+def _find_impl(family, args, x0, period, s, opts, throw, transient=None):
     args = error_if_nonfinite(args, "params")
     x0 = error_if_nonfinite(x0, "initial_state")
     period = error_if_nonfinite(period, "period")
     period = eqx.error_if(period, period <= 0, "`period` must be positive")
     s = error_if_nonfinite(s, "parameter")
+    if transient is not None:
+        # Relax the guess onto an attracting cycle first; a failed solve leaves NaN, which
+        # Newton then reports.
+        relaxed, failed = flow(family, args, x0, transient, s, opts)
+        x0 = jnp.where(failed, jnp.nan, relaxed)
     x_ref, f_ref = reference(family, args, x0, s)
+    if transient is not None:
+        period = _first_return(family, args, x0, period, s, x_ref, f_ref, opts)
     z0 = jnp.concatenate([x0, period[None], s[None]])
     e_s = jnp.zeros_like(z0).at[-1].set(1)
     z, result, steps = correct(family, args, z0, z0, e_s, x_ref, f_ref, opts)
@@ -338,6 +366,7 @@ def find_periodic_orbit(
     rtol: float | None = None,
     atol: float | None = None,
     newton_max_steps: int = 32,
+    transient: float | Float[ArrayLike, ""] | None = None,
     throw: bool = False,
 ) -> PeriodicOrbit:
     """A periodic orbit by single shooting, with its Floquet multipliers.
@@ -371,6 +400,10 @@ def find_periodic_orbit(
         rescaled time `τ ∈ [0, 1]` (default `Tsit5`, PID at `rtol = 1e-11, atol = 1e-13` in
         float64, `1e-6, 1e-8` in float32).
     - `rtol`, `atol`, `newton_max_steps`: Newton settings (default tolerance `eps^(2/3)`).
+    - `transient`: integrate `initial_state` for this time first (onto an attracting cycle,
+        e.g. from a state of a trained RNN), then refine `period` from the first return to
+        the phase hyperplane within `3 * period`. Newton then starts on the cycle with a period
+        inside its basin. Default: none (Newton from the guesses as given).
     - `throw`: raise the result's message when no orbit was found (also under `jit`).
 
     **Returns:**
@@ -400,7 +433,11 @@ def find_periodic_orbit(
     )
     period = jnp.asarray(period, x0.dtype)
     s = jnp.zeros((), x0.dtype)
-    return _find_impl(FieldFamily(vector_field), params, x0, period, s, opts, throw)
+    if transient is not None:
+        if jnp.ndim(transient) != 0:
+            raise ValueError(f"`transient` must be a scalar, got shape {jnp.shape(transient)}")
+        transient = error_if_nonfinite(jnp.asarray(transient, x0.dtype), "transient")
+    return _find_impl(FieldFamily(vector_field), params, x0, period, s, opts, throw, transient)
 
 
 def periodic_orbit_trajectory(
@@ -523,6 +560,4 @@ def periodic_orbit_from_hopf(
         x0.dtype, solver, stepsize_controller, dt0, max_steps, rtol, atol, newton_max_steps
     )
     family = ParameterFamily(vector_field, args is not None)
-    return _find_impl(
-        family, args, x0, period, jnp.asarray(parameter, x0.dtype), opts, throw
-    )
+    return _find_impl(family, args, x0, period, jnp.asarray(parameter, x0.dtype), opts, throw)
