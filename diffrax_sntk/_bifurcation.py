@@ -57,6 +57,10 @@ class Bifurcation(eqx.Module):
     - `index`: the step of the branch after which the bifurcation lies.
     - `result`: `RESULTS.successful`, `RESULTS.localisation_failed` (the parameter value is
         approximate), or `RESULTS.singular_linear_solve` (non-finite normal-form coefficients).
+    - `tangent`: the unit direction `(δx, δμ)` of the branch across the bifurcation, along the
+        direction of travel (the chord of the continuation step that contains it); `None` where
+        no branch was followed (tracking). `switch_branch` uses it to tell the old branch from
+        the new one.
     """
 
     kind: str = eqx.field(static=True)
@@ -71,6 +75,7 @@ class Bifurcation(eqx.Module):
     branch: int = eqx.field(static=True, default=0)
     index: int = eqx.field(static=True, default=0)
     result: RESULTS = eqx.field(default_factory=lambda: RESULTS.successful)
+    tangent: Float[Array, " state_and_parameter"] | None = None
 
     @property
     def convention(self) -> str:
@@ -93,9 +98,9 @@ class BifurcationEvents(eqx.Module):
     (zero eigenvalue) and `omega, c1, transversality` (Hopf), `direction`, `located`, `result`
     per slot (`RESULTS.not_a_bifurcation` marks a spurious event: a test function changed but the
     critical eigenvalue is not of the expected type; `RESULTS.localisation_failed`; or the
-    normal-form solves' failure), `normal_form_result` (the coefficients' own result) and
+    normal-form solves' failure), `normal_form_result` (the coefficients' own result),
     `num_detected` (events flagged along the branch; more than the number of slots means some
-    were not stored).
+    were not stored) and `tangent` (the unit chord `(δx, δμ)` of the step holding the event).
     """
 
     valid: Bool[Array, " events"]
@@ -118,6 +123,7 @@ class BifurcationEvents(eqx.Module):
     result: RESULTS
     normal_form_result: RESULTS
     num_detected: Int[Array, ""]
+    tangent: Float[Array, "events state_and_parameter"]
 
 
 def _host_length(length) -> int | None:
@@ -231,12 +237,15 @@ def continue_family(
     max_steps: int,
     detect: bool,
     max_events: int,
+    start=None,
 ) -> Branch:
     """The compiled continuation of `problem.family` from near `(x0, s0)` towards `s1`, as a
-    `Branch`."""
+    `Branch`. `start = (anchor, normal, tau)` replaces the first solve at fixed `s0` by the
+    solve on the hyperplane `normalᵀ(z − anchor) = 0`, oriented along `tau` (see
+    `step_loop`)."""
     detect = detect and max_events > 0
     st, lo, hi = step_loop(
-        problem, x0, s0, s1, h0, h_max, h_min, max_steps, detect, max(max_events, 1)
+        problem, x0, s0, s1, h0, h_max, h_min, max_steps, detect, max(max_events, 1), start
     )
     mask, sigs = event_mask(st)
     classified = lambda: BifurcationEvents(**classify_events(problem, st, lo, hi))
@@ -258,6 +267,15 @@ def continue_family(
         result=st.result,
         left_range=st.left_range,
     )
+
+
+@jax.jit
+def default_start(x0, s0, s1):
+    """`continue_family`'s default `start`: the solve at fixed `s0` from `(x0, s0)`, its
+    tangent oriented towards `s1`."""
+    e_s = jnp.zeros((x0.shape[0] + 1,), x0.dtype).at[-1].set(1)
+    sign = jnp.where(s1 > s0, 1.0, -1.0).astype(x0.dtype)
+    return jnp.concatenate([x0, s0[None]]), e_s, sign * e_s
 
 
 def bifurcations_from_events(
@@ -330,6 +348,7 @@ def bifurcations_from_events(
                 branch=branch,
                 index=int(host.index[e]),
                 result=result,
+                tangent=jnp.asarray(host.tangent[e], dtype),
             )
         )
     return tuple(out)
@@ -420,6 +439,9 @@ def continuation(
     )
     span = jnp.abs(s1 - s0)
     as_h = lambda v, default: default if v is None else jnp.asarray(v, dtype)
+    # The default start, spelled out so that `switch_branch` (which passes its own) shares the
+    # compiled program: the solve at fixed `p0` from `x0`, oriented towards `p1`.
+    start = default_start(x0, s0, s1)
     return continue_family(
         problem,
         x0,
@@ -431,4 +453,5 @@ def continuation(
         int(max_steps),
         bool(detect_bifurcations),
         int(max_bifurcations),
+        start,
     )

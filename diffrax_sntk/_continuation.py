@@ -191,7 +191,11 @@ def _put(buf, idx, val, when):
     return buf.at[idx].set(jnp.where(when, val, buf[idx]))
 
 
-def step_loop(problem, x0, s0, s1, h0, h_max, h_min, max_steps, detect, max_events):
+def step_loop(problem, x0, s0, s1, h0, h_max, h_min, max_steps, detect, max_events, start=None):
+    """`start = (anchor, normal, tau)`, each `(N + 1,)`: the first point is the solution of
+    `f = 0, normalᵀ(z − anchor) = 0` near `anchor`, its tangent oriented along `tau` (branch
+    switching: a predicted point on the new branch, the new branch's tangent). By default the
+    solve at fixed `s0` from `(x0, s0)`, oriented towards `s1`."""
     dtype = x0.dtype
     n = x0.shape[0]
     size = max_steps + 1
@@ -200,14 +204,16 @@ def step_loop(problem, x0, s0, s1, h0, h_max, h_min, max_steps, detect, max_even
     e_s = jnp.zeros((n + 1,), dtype).at[-1].set(1)
     sign = jnp.where(s1 > s0, 1.0, -1.0).astype(dtype)
     lo_s, hi_s = jnp.minimum(s0, s1), jnp.maximum(s0, s1)
-    y_start = jnp.concatenate([x0, s0[None]])
+    if start is None:
+        start = (jnp.concatenate([x0, s0[None]]), e_s, sign * e_s)
+    y_start, normal0, tau0 = start
     zero = jnp.zeros((), dtype)
     izero = jnp.array(0, jnp.int32)
 
     init = _State(
         mode=jnp.array(_INIT),
         y=y_start,
-        tau=sign * e_s,
+        tau=tau0,
         h=h0,
         anchor=y_start,
         num_iter=izero,
@@ -253,7 +259,9 @@ def step_loop(problem, x0, s0, s1, h0, h_max, h_min, max_steps, detect, max_even
 
         y_pred = st.y + st.h * st.tau
         anchor = jnp.where(is_step, y_pred, jnp.where(is_loc, y_l + c * tau_l, st.anchor))
-        normal = jnp.where(is_step, st.tau, jnp.where(is_loc, tau_l, e_s))
+        normal = jnp.where(
+            is_step, st.tau, jnp.where(is_loc, tau_l, jnp.where(is_init, normal0, e_s))
+        )
         tau_prev = jnp.where(is_loc, tau_l, st.tau)
         z, res, nsteps = _correct(problem, anchor, normal)
         ok = res == RESULTS.successful
@@ -486,6 +494,10 @@ def classify_events(problem: ContinuationProblem, st: _State, lo, hi) -> dict[st
         in_range = (lo - ptol <= s) & (s <= hi + ptol)
         result = result_where(~located, RESULTS.localisation_failed, nf_result)
         up = (f1 > f0) | (~jnp.isfinite(f0 - f1) & hopf)
+        # The branch's direction across the event: the chord of its step (the tangent system
+        # is singular at a branch point), oriented along the direction of travel.
+        chord = st.rec_y1[j] - st.ys[j]
+        tangent = chord / jnp.where(jnp.any(chord != 0), jnp.linalg.norm(chord), 1)
         return dict(
             valid=filled & in_range,
             index=j,
@@ -495,6 +507,7 @@ def classify_events(problem: ContinuationProblem, st: _State, lo, hi) -> dict[st
             located=located,
             result=result,
             normal_form_result=nf_result,
+            tangent=tangent,
             **cls,
         )
 

@@ -25,6 +25,46 @@ def _segments(stable: np.ndarray, boundary: np.ndarray):
             start = j
 
 
+def _plot_branch(ax, br, obs, col, label, annotate, origin=None):
+    """One branch: stable solid, unstable dashed, bifurcation markers; `origin` (a
+    `Bifurcation`) is the branch point a switched branch emanates from, joined to its start."""
+    mu = list(np.asarray(br.parameters, dtype=float))
+    ys = [float(obs(np.asarray(x))) for x in np.asarray(br.states)]
+    stable = list(np.asarray(br.stable))
+    boundary = [False] * len(mu)
+    # Insert each bifurcation into the polyline so that the line style switches there.
+    for bif in sorted(br.bifurcations, key=lambda b: -b.index):
+        j = min(bif.index + 1, len(mu))
+        mu.insert(j, float(bif.parameter))
+        ys.insert(j, float(obs(np.asarray(bif.state))))
+        stable.insert(j, False)
+        boundary.insert(j, True)
+    if origin is not None and len(mu) > 0:
+        mu.insert(0, float(origin.parameter))
+        ys.insert(0, float(obs(np.asarray(origin.state))))
+        stable.insert(0, False)
+        boundary.insert(0, True)
+    mu_a, ys_a = np.asarray(mu), np.asarray(ys)
+    if len(mu_a) == 1:
+        ax.plot(mu_a, ys_a, "o", color=col)
+    for a, b, st in _segments(np.asarray(stable), np.asarray(boundary)):
+        ax.plot(
+            mu_a[a : b + 1], ys_a[a : b + 1], color=col, linestyle="-" if st else "--", lw=1.6,
+            label=(label if a == 0 else None),
+        )
+    for bif in br.bifurcations:
+        marker, text = _MARKERS.get(bif.kind, ("x", bif.kind))
+        y = obs(np.asarray(bif.state))
+        p = float(bif.parameter)
+        ax.plot([p], [y], marker=marker, color=_KIND_COLORS.get(bif.kind, "C3"), ms=7,
+                linestyle="none")
+        if annotate:
+            ax.annotate(text, (p, y), textcoords="offset points", xytext=(5, 5), fontsize=9)
+
+
+_KIND_COLORS = {"fold": "C3", "transcritical": "C2", "pitchfork": "C2", "hopf": "C4"}
+
+
 def plot_bifurcation_diagram(
     branch: Any | Sequence[Any],
     *,
@@ -36,21 +76,26 @@ def plot_bifurcation_diagram(
     annotate: bool = True,
     xlabel: str = "parameter",
     ylabel: str | None = None,
+    legend: bool | None = None,
 ):
-    """Bifurcation diagram of one or more `Branch`es from `ds.continuation`.
+    """Bifurcation diagram of one or more `Branch`es from `ds.continuation`, or of a
+    `BifurcationDiagram` from `bifurcation_diagram`.
 
-    Stable parts are drawn solid, unstable parts dashed; each detected bifurcation is marked
-    (square: fold "LP", diamond: branch point "BP", circle: Hopf "H").
+    Stable parts are drawn solid, unstable parts dashed; each detected bifurcation is marked by
+    kind (square: fold "LP", red; diamond: branch point "BP", green; circle: Hopf "H",
+    purple). A diagram's switched branches are joined to the branch point they emanate from
+    and coloured by depth (primary black, then `C0`, `C1`, ...).
 
     **Arguments:**
 
-    - `branch`: a `Branch` or a sequence of them.
+    - `branch`: a `Branch`, a sequence of them, or a `BifurcationDiagram`.
     - `component`: the state component plotted (ignored when `observable` is given).
     - `observable`: maps a state `(N,)` to the plotted scalar, e.g. `np.linalg.norm`.
     - `ax`: a matplotlib `Axes` (default: a new figure).
-    - `color`, `label`: line colour and legend label (applied to the first branch).
+    - `color`, `label`: line colour (all branches) and legend label (the first branch).
     - `annotate`: write the bifurcation labels next to the markers.
     - `xlabel`, `ylabel`: axis labels.
+    - `legend`: draw a legend of line styles and marker kinds (default: for a diagram).
 
     **Returns:**
 
@@ -58,42 +103,38 @@ def plot_bifurcation_diagram(
     """
     import matplotlib.pyplot as plt
 
-    branches: list[Any] = [branch] if hasattr(branch, "parameters") else list(branch)
+    diagram = branch if hasattr(branch, "branches") and hasattr(branch, "origins") else None
+    if diagram is not None:
+        branches = list(diagram.branches)
+        origins = list(diagram.origins)
+        depths = list(diagram.depths)
+    else:
+        branches = [branch] if hasattr(branch, "parameters") else list(branch)
+        origins = [None] * len(branches)
+        depths = [0 if i == 0 else i + 1 for i in range(len(branches))]
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.5))
     obs = observable if observable is not None else (lambda x: x[component])
-    for i, br in enumerate(branches):
-        mu = list(np.asarray(br.parameters, dtype=float))
-        ys = [float(obs(np.asarray(x))) for x in np.asarray(br.states)]
-        stable = list(np.asarray(br.stable))
-        boundary = [False] * len(mu)
-        # Insert each bifurcation into the polyline so that the line style switches there.
-        for bif in sorted(br.bifurcations, key=lambda b: -b.index):
-            j = min(bif.index + 1, len(mu))
-            mu.insert(j, float(bif.parameter))
-            ys.insert(j, float(obs(np.asarray(bif.state))))
-            stable.insert(j, False)
-            boundary.insert(j, True)
-        mu, ys = np.asarray(mu), np.asarray(ys)
-        col = color if color is not None else ("k" if i == 0 else f"C{i % 10}")
-        if len(mu) == 1:
-            ax.plot(mu, ys, "o", color=col)
-        for a, b, st in _segments(np.asarray(stable), np.asarray(boundary)):
-            ax.plot(
-                mu[a : b + 1], ys[a : b + 1], color=col, linestyle="-" if st else "--", lw=1.6,
-                label=(label if (i == 0 and a == 0) else None),
-            )
-        for bif in br.bifurcations:
-            marker, text = _MARKERS.get(bif.kind, ("x", bif.kind))
-            y = obs(np.asarray(bif.state))
-            p = float(bif.parameter)
-            ax.plot([p], [y], marker=marker, color="C3", ms=7, linestyle="none")
-            if annotate:
-                ax.annotate(text, (p, y), textcoords="offset points", xytext=(5, 5), fontsize=9)
+    for i, (br, origin, depth) in enumerate(zip(branches, origins, depths)):
+        col = color if color is not None else ("k" if depth == 0 else f"C{(depth - 1) % 10}")
+        _plot_branch(ax, br, obs, col, label if i == 0 else None, annotate, origin)
     ax.set_xlabel(xlabel)
     if ylabel is None:
         ylabel = "observable" if observable is not None else f"x[{component}]"
     ax.set_ylabel(ylabel)
+    if legend if legend is not None else diagram is not None:
+        from matplotlib.lines import Line2D
+
+        kinds = sorted({b.kind for br in branches for b in br.bifurcations})
+        handles = [
+            Line2D([], [], color="0.3", linestyle="-", label="stable"),
+            Line2D([], [], color="0.3", linestyle="--", label="unstable"),
+        ] + [
+            Line2D([], [], color=_KIND_COLORS.get(k, "C3"), marker=_MARKERS[k][0],
+                   linestyle="none", label=f"{k} ({_MARKERS[k][1]})")
+            for k in kinds if k in _MARKERS
+        ]
+        ax.legend(handles=handles, fontsize=8, loc="best")
     return ax
 
 

@@ -1,9 +1,12 @@
-"""Bifurcation diagram of a CTRNN unit, made with `diffrax_sntk.plotting.plot_bifurcation_diagram`.
+"""Bifurcation diagram of a CTRNN unit, made with `bifurcation_diagram` and
+`diffrax_sntk.plotting.plot_bifurcation_diagram`.
 
     python examples/bifurcation_diagram.py            # writes docs/figures/bifurcation_diagram.png
     python examples/bifurcation_diagram.py --smoke    # fast run, writes to a temporary file
 
-Left: ẋ = −x + g·tanh(x): the origin loses stability in a supercritical pitchfork at g = 1.
+Left: ẋ = −x + g·tanh(x): the origin loses stability in a supercritical pitchfork at g = 1. One
+`bifurcation_diagram` call continues the origin, switches branches at the pitchfork and returns
+both outer branches x = ±x*(g).
 Right: the imperfect unit ẋ = −x + g·tanh(x) + h: the pitchfork unfolds and the disconnected
 branch has a fold (saddle-node), where pseudo-arclength continuation turns back.
 """
@@ -26,6 +29,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from diffrax_sntk.plotting import plot_bifurcation_diagram  # noqa: E402
 
+try:
+    from diffrax_sntk import bifurcation_diagram  # noqa: E402
+except ImportError:  # not yet re-exported
+    from diffrax_sntk._diagram import bifurcation_diagram  # noqa: E402
+
+
+def result_name(result) -> str:
+    return "successful" if result == ds.RESULTS.successful else ds.RESULTS[result]
+
 
 def symmetric(x, g):
     return -x + g * jnp.tanh(x)
@@ -40,15 +52,11 @@ def main(smoke: bool = False, out: str | None = None) -> pathlib.Path:
     step = 0.2 if smoke else None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
 
-    trivial = ds.continuation(symmetric, jnp.zeros(1), 0.2, g_max, max_step_size=step)
-    # The two non-trivial branches, from the fixed points found at g = g_max.
-    fps = ds.find_fixed_points(symmetric, g_max, jnp.array([[-2.0], [2.0]])).deduplicated()
-    outer = [
-        ds.continuation(symmetric, x, g_max, 1.02, max_step_size=step, detect_bifurcations=False)
-        for x in fps.states
-    ]
-    plot_bifurcation_diagram([trivial, *outer], ax=ax1, color="k", xlabel="gain g", ylabel="x")
-    ax1.set_title("ẋ = −x + g tanh x: pitchfork")
+    # The origin's branch, the pitchfork on it and both outer branches, from one call.
+    diagram = bifurcation_diagram(symmetric, jnp.zeros(1), 0.2, g_max, max_step_size=step)
+    trivial = diagram.primary
+    plot_bifurcation_diagram(diagram, ax=ax1, xlabel="gain g", ylabel="x")
+    ax1.set_title("ẋ = −x + g tanh x: pitchfork, switched branches")
 
     upper = ds.continuation(imperfect, jnp.zeros(1), 0.2, g_max, max_step_size=step)
     lower = ds.continuation(imperfect, jnp.array([-2.5]), g_max, 0.2, max_step_size=step)
@@ -69,6 +77,13 @@ def main(smoke: bool = False, out: str | None = None) -> pathlib.Path:
     for name, br in (("trivial", trivial), ("upper", upper), ("lower", lower)):
         found = ", ".join(f"{b.kind} at g = {float(b.parameter):.8f}" for b in br.bifurcations)
         print(f"{name}: {br.status}; {found or 'no bifurcation'}")
+    for i, br in enumerate(diagram.branches[1:], 1):
+        x_end = float(br.states[-1, 0])
+        print(
+            f"switched branch {i} (side {diagram.sides[i]:+d}): {br.status}, "
+            f"x = {x_end:+.6f} at g = {float(br.parameters[-1]):.3f}"
+        )
+    print(f"diagram: {len(diagram.branches)} branches, {result_name(diagram.result)}")
     print(f"wrote {path}")
     return path
 
