@@ -44,6 +44,15 @@ class RESULTS(optx.RESULTS):  # pyright: ignore
         "retry); the branch is truncated there. The branch may end at a fold the parametrisation "
         "cannot pass, or the tolerances are too tight."
     )
+    no_periodic_orbit = (
+        "No periodic orbit was found: shooting did not converge, or it converged to an "
+        "equilibrium (the period collapsed or the start sits at a fixed point). Try a guess "
+        "closer to the cycle, a `transient` onto it, or another period."
+    )
+    branch_switch_failed = (
+        "Branch switching did not reach a new branch: the corrector did not converge from the "
+        "predictor, or it fell back onto the branch it started from. Try another `amplitude`."
+    )
     localisation_failed = (
         "A change of stability was detected but the bifurcation could not be localised (the test "
         "function did not change sign on a refined bracket); its parameter value is approximate."

@@ -8,7 +8,9 @@ jax.config.update("jax_enable_x64", True)
 # Compiles dominate this suite (diffrax reverse mode: ~20 s each on 2 cores). A persistent cache
 # lets identical programs in different test files and xdist workers, and reruns, share them.
 jax.config.update(
-    "jax_compilation_cache_dir", os.path.join(os.path.dirname(__file__), "..", ".jax_cache")
+    "jax_compilation_cache_dir",
+    os.environ.get("JAX_COMPILATION_CACHE_DIR",
+                   os.path.join(os.path.dirname(__file__), "..", ".jax_cache")),
 )
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
