@@ -217,18 +217,25 @@ def _bifurcation_point_impl(vector_field, bifurcation, args, rtol, atol, max_ste
     nf_kind = "branch_point" if kind in ("transcritical", "pitchfork") else kind
     symmetry_tol = 100 * float(jnp.finfo(dtype).eps) ** 0.5
     nf, lam, right, left = normal_form_at(
-        family, sargs, xs, ss, spec.eigenvalues, spec.right_eigenvectors,
-        spec.left_eigenvectors, nf_kind, symmetry_tol,
+        family,
+        sargs,
+        xs,
+        ss,
+        spec.eigenvalues,
+        spec.right_eigenvectors,
+        spec.left_eigenvectors,
+        nf_kind,
+        symmetry_tol,
     )
-    result = result_where(nf.result == RESULTS.not_a_bifurcation, RESULTS.not_a_bifurcation,
-                          result)
+    result = result_where(nf.result == RESULTS.not_a_bifurcation, RESULTS.not_a_bifurcation, result)
     # Kind checks: a solution of the defining system may be a degenerate point or a point of
     # another kind (the fold system is also solved by a branch point, where `a = pᵀ f_μ = 0`).
     sqrt_eps = float(jnp.finfo(dtype).eps) ** 0.5
     if kind == "fold":
         fs = jax.jacfwd(family, argnums=1)(xs, ss, sargs)
         scale = jnp.linalg.norm(left) * jnp.linalg.norm(fs)
-        not_fold = (jnp.abs(nf.a) <= sqrt_eps * scale) | (scale == 0)
+        # `a = pᵀ f_μ` (the normal form's `a`), with `p` normalised by `pᵀq = 1`.
+        not_fold = (jnp.abs(left @ fs) <= sqrt_eps * scale) | (scale == 0)
         result = result_where(not_fold, RESULTS.not_a_bifurcation, result)
     elif kind == "hopf":
         kappa = z[n + 1]
@@ -238,8 +245,7 @@ def _bifurcation_point_impl(vector_field, bifurcation, args, rtol, atol, max_ste
     else:
         beta = z[n + 1]
         scale = 1 + jnp.max(jnp.abs(xs))
-        result = result_where(jnp.abs(beta) > 1e2 * atol * scale, RESULTS.not_a_bifurcation,
-                              result)
+        result = result_where(jnp.abs(beta) > 1e2 * atol * scale, RESULTS.not_a_bifurcation, result)
     # `dataclasses.replace` keeps every other field of the input (`direction`, `located`,
     # `branch`, `index`, and any added later).
     out = dataclasses.replace(

@@ -47,7 +47,10 @@ def lower_state(b, x_prev):
     # (`find_fixed_points` vmaps its starts, and reverse mode through a vmapped optimistix
     # solve with unbatched parameters fails in the current JAX/optimistix.)
     sol = optx.root_find(
-        lambda x, b: family(x, MU_OP, b), optx.Newton(rtol=1e-10, atol=1e-10), x_prev, args=b,
+        lambda x, b: family(x, MU_OP, b),
+        optx.Newton(rtol=1e-10, atol=1e-10),
+        x_prev,
+        args=b,
         throw=False,
     )
     return sol.value

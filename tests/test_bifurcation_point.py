@@ -109,7 +109,11 @@ def test_fold_analytic_fd_jit_vmap():
 def test_hopf_brusselator_analytic_fd_jit_vmap():
     a0 = 2.0
     hopf = guess(
-        "hopf", 4.9, [2.0, 2.5], [0.5 + 0.5j, -0.5 + 0.2j], [0.3 - 0.1j, 0.6 + 0.4j],
+        "hopf",
+        4.9,
+        [2.0, 2.5],
+        [0.5 + 0.5j, -0.5 + 0.2j],
+        [0.3 - 0.1j, 0.6 + 0.4j],
         [0.0 + 2.0j, 0.0 - 2.0j],
     )
     aa = jnp.array([a0, a0 + H, a0 - H, 2.3])
@@ -156,8 +160,11 @@ def test_negative_control_wrong_kind():
 
 def test_float32_and_bad_input():
     fold32 = jax.tree.map(
-        lambda v: v.astype(jnp.complex64 if jnp.iscomplexobj(v) else jnp.float32)
-        if eqx.is_inexact_array(v) else v,
+        lambda v: (
+            v.astype(jnp.complex64 if jnp.iscomplexobj(v) else jnp.float32)
+            if eqx.is_inexact_array(v)
+            else v
+        ),
         FOLD,
     )
     out = bifurcation_point(fold_family, fold32, jnp.float32(0.5))

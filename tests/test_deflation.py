@@ -54,7 +54,10 @@ def test_nine_equilibria_and_one_root_control_under_jit_vmap():
     run = eqx.filter_jit(
         jax.vmap(
             lambda p: ds.find_fixed_points(
-                rotated, p, jnp.array([[0.3, 0.2]]), deflation=Deflation(max_roots=12),
+                rotated,
+                p,
+                jnp.array([[0.3, 0.2]]),
+                deflation=Deflation(max_roots=12),
                 spectra=False,
             )
         )
@@ -100,8 +103,9 @@ def test_cubic_float32_and_options():
     with pytest.raises(ValueError, match="`deflation.max_roots`"):
         ds.find_fixed_points(cubic, 1.0, jnp.array([[0.3]]), deflation=0)
     # The deflation operator: M = Π (‖x − r‖^(−p) + σ) over the active roots only.
-    m = deflation_factor(jnp.array([2.0]), jnp.array([[0.0], [1.0]]), jnp.array([True, False]),
-                         2.0, 1.0)
+    m = deflation_factor(
+        jnp.array([2.0]), jnp.array([[0.0], [1.0]]), jnp.array([True, False]), 2.0, 1.0
+    )
     assert float(m) == pytest.approx(1.25)
 
 
