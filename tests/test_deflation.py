@@ -2,6 +2,8 @@
 a rotated 2-D system with 9 equilibria), a one-root negative control, jit and vmap, the model
 form, float32, option checks."""
 
+from collections.abc import Callable
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -115,3 +117,31 @@ def test_start_on_a_root():
     fps = ds.find_fixed_points(cubic, 1.0, jnp.array([[0.0]]), deflation=4)
     roots = np.sort(np.asarray(fps.states)[np.asarray(fps.converged), 0])
     np.testing.assert_allclose(roots, [-1.0, 0.0, 1.0], atol=1e-12)
+
+
+class TwoUnits(eqx.Module):
+    """A model `model(t, x, u)` whose activation is a (non-static) function leaf."""
+
+    w: jax.Array
+    activation: Callable = jnp.tanh
+
+    def __call__(self, t, x, u):
+        return -x + self.w @ self.activation(x)
+
+
+@pytest.mark.slow
+def test_module_with_function_leaf_under_filter_vmap():
+    # Two uncoupled units ẋ = −x + g tanh x: for g = 2 the 9 equilibria {−r, 0, r}², r = 2 tanh r
+    # (saddles included); for g = 0.5 only the origin.
+    models = TwoUnits(w=jnp.stack([2.0 * jnp.eye(2), 0.5 * jnp.eye(2)]))
+    run = eqx.filter_jit(
+        eqx.filter_vmap(
+            lambda m: ds.find_fixed_points(m, jnp.array([[0.3, 0.2]]), deflation=12, spectra=False)
+        )
+    )
+    fps = run(models)
+    ok = np.asarray(fps.converged)
+    assert ok.sum(axis=1).tolist() == [9, 1]
+    r = 1.9150080481545
+    expected = np.array([[i * r, j * r] for i in (-1, 0, 1) for j in (-1, 0, 1)])
+    assert _match(np.asarray(fps.states)[0][ok[0]], expected) < 1e-10
