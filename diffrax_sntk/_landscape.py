@@ -8,6 +8,12 @@ look like the potential of the scalar normal form, ẋ = f_nf(x; μ) = −V′(x
 | pitchfork      | μx − x³      | −μx²/2 + x⁴/4        | 1, x², x⁴                      |
 | fold           | μ − x²       | −μx + x³/3           | 1, x, x³                       |
 | transcritical  | μx − x²      | −μx²/2 + x³/3        | 1, x², x³                      |
+| hopf           | μr − r³      | −μr²/2 + r⁴/4        | 1, x², x⁴                      |
+
+The Hopf row is the amplitude equation ṙ = μr + l₁r³ of a supercritical Hopf (l₁ scaled to −1,
+r = |x|): its potential is even, so it has the pitchfork's monomials and the same fit; μ is then
+read as the growth rate of the oscillation's amplitude. (A landscape cannot tell the two kinds
+apart; the Hopf's phase does not enter a potential.)
 
 The prediction is L̂(s) = a + β V(s − s0; μ): linear least squares in (a, β·μ, β) for each
 centre s0 on a grid, keeping the centre of largest R².
@@ -32,8 +38,9 @@ from ._misc import RESULTS, check_callable, error_if_nonfinite, result_where
 
 __all__ = ["RestrictedLandscape", "restricted_landscape", "fit_normal_form_landscape"]
 
-_FORMS = ("pitchfork", "fold", "transcritical")
-_POWERS = {"pitchfork": (0, 2, 4), "fold": (0, 1, 3), "transcritical": (0, 2, 3)}
+_FORMS = ("pitchfork", "fold", "transcritical", "hopf")
+_POWERS = {"pitchfork": (0, 2, 4), "fold": (0, 1, 3), "transcritical": (0, 2, 3),
+           "hopf": (0, 2, 4)}
 
 
 class RestrictedLandscape(eqx.Module):
@@ -45,7 +52,7 @@ class RestrictedLandscape(eqx.Module):
     - `predicted`: the fitted normal-form landscape a + β V(s − s0; μ) at `s_values`.
     - `r_squared`: 1 − Σ(L − L̂)² / Σ(L − mean L)².
     - `centre` (s0), `offset` (a), `scale` (β), `unfolding` (μ): the fitted coefficients.
-    - `normal_form`: `"pitchfork"`, `"fold"` or `"transcritical"`.
+    - `normal_form`: `"pitchfork"`, `"fold"`, `"transcritical"` or `"hopf"` (amplitude).
     - `result`: a [`ds.RESULTS`][diffrax_sntk.RESULTS] item: `successful`, or `nonfinite` when a
         loss sample is NaN/inf, the landscape is constant (`r_squared` is then NaN) or the fitted
         β is zero (`unfolding` is then NaN).
@@ -80,7 +87,7 @@ def _fit_at(s, loss, s0, powers):
 def fit_normal_form_landscape(
     s_values: Float[ArrayLike, " s"],
     loss: Float[ArrayLike, " s"],
-    normal_form: Literal["pitchfork", "fold", "transcritical"] = "pitchfork",
+    normal_form: Literal["pitchfork", "fold", "transcritical", "hopf"] = "pitchfork",
     *,
     num_centres: int = 201,
     throw: bool = False,
@@ -90,8 +97,9 @@ def fit_normal_form_landscape(
     **Arguments:**
 
     - `s_values`, `loss`: the samples, shape `(S,)` each (S ≥ 4).
-    - `normal_form`: `"pitchfork"` (V = −μx²/2 + x⁴/4), `"fold"` (V = −μx + x³/3) or
-        `"transcritical"` (V = −μx²/2 + x³/3).
+    - `normal_form`: `"pitchfork"` (V = −μx²/2 + x⁴/4), `"fold"` (V = −μx + x³/3),
+        `"transcritical"` (V = −μx²/2 + x³/3) or `"hopf"` (the amplitude potential
+        V = −μr²/2 + r⁴/4 of ṙ = μr − r³, r = |x|: the pitchfork's monomials).
     - `num_centres`: the centre s0 is scanned over this many equispaced points in
         `[min s, max s]`; a, β and μ are linear least squares at each.
     - `throw`: raise (with `eqx.error_if`, also under `jit`) when the fit fails, instead of
@@ -130,9 +138,9 @@ def _fit_impl(s, loss, normal_form, num_centres):
     ss_tot = jnp.sum((loss - jnp.mean(loss)) ** 2)
     r2 = jnp.where(ss_tot > 0, 1 - ss_res / jnp.where(ss_tot > 0, ss_tot, 1), jnp.nan)
     a, c_lin, c_top = coef
-    # pitchfork: c2 = −βμ/2, c4 = β/4; fold: c1 = −βμ, c3 = β/3; transcritical: c2 = −βμ/2,
-    # c3 = β/3.
-    beta = (4 if normal_form == "pitchfork" else 3) * c_top
+    # pitchfork and hopf: c2 = −βμ/2, c4 = β/4; fold: c1 = −βμ, c3 = β/3; transcritical:
+    # c2 = −βμ/2, c3 = β/3.
+    beta = (4 if normal_form in ("pitchfork", "hopf") else 3) * c_top
     mu = (-1 if normal_form == "fold" else -2) * c_lin / jnp.where(beta != 0, beta, 1)
     mu = jnp.where(beta != 0, mu, jnp.nan)
     ok = jnp.all(jnp.isfinite(loss)) & jnp.isfinite(r2) & jnp.isfinite(mu)
@@ -149,7 +157,7 @@ def restricted_landscape(
     model: Any,
     direction: PyTree,
     s_values: Float[ArrayLike, " s"],
-    normal_form: Literal["pitchfork", "fold", "transcritical"] = "pitchfork",
+    normal_form: Literal["pitchfork", "fold", "transcritical", "hopf"] = "pitchfork",
     *,
     filter_spec: Any = eqx.is_inexact_array,
     num_centres: int = 201,
@@ -170,7 +178,7 @@ def restricted_landscape(
     - `direction`: a parameter pytree shaped like `eqx.filter(model, filter_spec)` (a leading axis
         of size 1, as in `dominant_direction`, is accepted).
     - `s_values`: step sizes, shape `(S,)`, S ≥ 4.
-    - `normal_form`: `"pitchfork"`, `"fold"` or `"transcritical"`.
+    - `normal_form`: `"pitchfork"`, `"fold"`, `"transcritical"` or `"hopf"`.
     - `filter_spec`: which model leaves are parameters.
     - `num_centres`: grid size of the centre scan.
     - `throw`: raise when the fit fails (see `fit_normal_form_landscape`).

@@ -405,11 +405,12 @@ def test_hopf_channel_numerical_rank():
 # Restricted landscape
 
 
-@pytest.mark.parametrize("form", ["pitchfork", "fold", "transcritical"])
+@pytest.mark.parametrize("form", ["pitchfork", "fold", "transcritical", "hopf"])
 def test_landscape_fit_recovers_normal_form(form):
     mu, s0, a, beta = 0.3, 0.2, 1.5, 2.0
     V = {
         "pitchfork": lambda x: -mu * x**2 / 2 + x**4 / 4,
+        "hopf": lambda x: -mu * x**2 / 2 + x**4 / 4,  # amplitude potential, r = |x|
         "fold": lambda x: -mu * x + x**3 / 3,
         "transcritical": lambda x: -mu * x**2 / 2 + x**3 / 3,
     }[form]
@@ -429,7 +430,7 @@ def test_landscape_fit_recovers_normal_form(form):
     assert abs(float(land.offset) - a) < 1e-8
     # An even quartic and a cubic are told apart. (Fold and transcritical landscapes are both
     # cubics, centred at the inflection point or at a critical point: R² cannot separate them.)
-    other = "fold" if form == "pitchfork" else "pitchfork"
+    other = "fold" if form in ("pitchfork", "hopf") else "pitchfork"
     assert float(ds.fit_normal_form_landscape(s, land.loss, other).r_squared) < 0.999
 
 

@@ -7,6 +7,7 @@ Runs on the host after the vmapped training (`_run.py`), one run at a time; the 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -254,7 +255,10 @@ def analyse_run(
         pr_c, gap_c, u_flat, response = _state_response(cfg, model_c, problem, spec, exact)
         _, unravel = jfu.ravel_pytree(theta_c)
         u_tree = unravel(u_flat)
-        split = _split(model_c, problem, first, spec)
+        # The split reads only the crossing's state and eigenvalue; its static bookkeeping
+        # (branch, step index, direction) would otherwise recompile the split for every run.
+        split = _split(model_c, problem, dataclasses.replace(
+            first, branch=0, index=0, direction=1, located=True), spec)
         channel_rank = int(split.channel_rank)
         c2_args = dict(pr_at_crossing=pr_c, gap_at_crossing=gap_c)
         c3_args.update(energy_at_crossing=float(split.energy_fraction),
