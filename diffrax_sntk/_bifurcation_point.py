@@ -332,6 +332,11 @@ def bifurcation_point(
     tol = default_tol(x0.dtype)
     rtol = tol if rtol is None else float(rtol)
     atol = tol if atol is None else float(atol)
-    return _bifurcation_point_impl(
-        vector_field, bifurcation, args, rtol, atol, int(max_steps), bool(throw)
+    # The static bookkeeping (`direction`, `located`, `branch`, `index`) is normalised for the
+    # compiled program and restored afterwards, so every bifurcation of a kind shares one compile.
+    statics = {k: getattr(bifurcation, k) for k in ("direction", "located", "branch", "index")}
+    normalised = dataclasses.replace(bifurcation, direction=1, located=True, branch=0, index=0)
+    out = _bifurcation_point_impl(
+        vector_field, normalised, args, rtol, atol, int(max_steps), bool(throw)
     )
+    return dataclasses.replace(out, **statics)
