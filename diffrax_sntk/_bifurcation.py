@@ -58,9 +58,9 @@ class Bifurcation(eqx.Module):
     - `result`: `RESULTS.successful`, `RESULTS.localisation_failed` (the parameter value is
         approximate), or `RESULTS.singular_linear_solve` (non-finite normal-form coefficients).
     - `tangent`: the unit direction `(δx, δμ)` of the branch across the bifurcation, along the
-        direction of travel (the chord of the continuation step that contains it); `None` where
-        no branch was followed (tracking). `switch_branch` uses it to tell the old branch from
-        the new one.
+        direction of travel (the chord of the continuation step that contains it; in tracking,
+        `δμ` is along the segment between checkpoints); `None` where no branch was followed
+        (births and deaths). `switch_branch` uses it to tell the old branch from the new one.
     """
 
     kind: str = eqx.field(static=True)

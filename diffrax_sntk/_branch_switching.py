@@ -35,7 +35,7 @@ from ._normal_form_types import BranchPointNormalForm
 # `_misc.py`; until it exists the closest existing code stands in (the first point of the new
 # branch is not an equilibrium off the old branch).
 SWITCH_FAILED = (
-    RESULTS.branch_switching_failed
+    RESULTS.branch_switching_failed  # pyright: ignore[reportAttributeAccessIssue]
     if "branch_switching_failed" in getattr(RESULTS, "_name_to_item", {})
     else RESULTS.no_fixed_point
 )
@@ -168,7 +168,7 @@ def _prepare(problem, x, s, q, p, b1, b2, b3, nf_result, tangent, p0, p1, steps,
 
 
 @eqx.filter_jit
-def _validate(branches: tuple[Branch, Branch], starts: _Starts) -> tuple[Branch, ...]:
+def _validate(branches: tuple[Branch, ...], starts: _Starts) -> tuple[Branch, ...]:
     """Each branch with its result: `SWITCH_FAILED` when the predictor failed, the first point
     did not converge, or it lies closer to the old branch's direction than to the new one's."""
     pred = starts.pred
@@ -278,8 +278,8 @@ def switch_branch(
         width = jnp.maximum(1.0, jnp.abs(s))
         p0, p1 = s - width, s + width
     for name, v in (("p0", p0), ("p1", p1)):
-        if jnp.ndim(v) != 0:
-            raise ValueError(f"`{name}` must be a scalar, got shape {jnp.shape(v)}")
+        if jnp.ndim(jnp.asarray(v)) != 0:
+            raise ValueError(f"`{name}` must be a scalar, got shape {jnp.shape(jnp.asarray(v))}")
     if int(max_steps) < 1:
         raise ValueError(f"`max_steps` must be a positive integer, got {max_steps}")
     tangent = jnp.asarray(bifurcation.tangent)

@@ -9,6 +9,7 @@ vector field). It does not run under `jax.jit` or `jax.vmap`; its branches do.
 
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import numpy as np
@@ -160,7 +161,7 @@ def bifurcation_diagram(
 
     A `BifurcationDiagram`.
     """
-    kw = dict(
+    kw: dict[str, Any] = dict(
         step_size=step_size,
         max_step_size=max_step_size,
         min_step_size=min_step_size,
@@ -181,7 +182,8 @@ def bifurcation_diagram(
     # Two detections of one branch point agree to the localisation tolerance; this is far
     # looser and far below the spacing of distinct branch points.
     tol = default_tol(dtype) ** 0.5
-    branches, parents, origins, sides, depths = [primary], [-1], [None], [0], [0]
+    branches, parents, sides, depths = [primary], [-1], [0], [0]
+    origins: list[Bifurcation | None] = [None]
     failed: list[FailedSwitch] = []
     seen: list[np.ndarray] = []
     num_duplicates = num_skipped = 0
@@ -199,7 +201,7 @@ def bifurcation_diagram(
                 continue
             seen.append(z)
             pair = switch_branch(vector_field, bif, p0, p1, args=args, amplitude=amplitude, **kw)
-            for side, child in zip((-1, 1), pair):
+            for side, child in zip((-1, 1), pair, strict=True):
                 if child.result == SWITCH_FAILED:
                     failed.append(FailedSwitch(i, side, bif, child, child.result))
                     continue

@@ -103,19 +103,20 @@ def plot_bifurcation_diagram(
     """
     import matplotlib.pyplot as plt
 
-    diagram = branch if hasattr(branch, "branches") and hasattr(branch, "origins") else None
+    diagram: Any = branch if hasattr(branch, "branches") and hasattr(branch, "origins") else None
+    branches: list[Any]
     if diagram is not None:
         branches = list(diagram.branches)
         origins = list(diagram.origins)
         depths = list(diagram.depths)
     else:
         branches = [branch] if hasattr(branch, "parameters") else list(branch)
-        origins = [None] * len(branches)
+        origins: list[Any] = [None] * len(branches)
         depths = [0 if i == 0 else i + 1 for i in range(len(branches))]
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.5))
     obs = observable if observable is not None else (lambda x: x[component])
-    for i, (br, origin, depth) in enumerate(zip(branches, origins, depths)):
+    for i, (br, origin, depth) in enumerate(zip(branches, origins, depths, strict=True)):
         col = color if color is not None else ("k" if depth == 0 else f"C{(depth - 1) % 10}")
         _plot_branch(ax, br, obs, col, label if i == 0 else None, annotate, origin)
     ax.set_xlabel(xlabel)
