@@ -208,3 +208,57 @@ def test_rotation_ctrnn_is_a_ctrnn_with_structured_weights():
     np.testing.assert_allclose(np.asarray(m(0.0, x, u)), expected, atol=1e-12)
     np.testing.assert_allclose(np.asarray(m.basis).T @ np.asarray(m.basis), np.eye(cfg.hidden),
                                atol=1e-12)
+
+
+def _interpolated_run(task):
+    """`analyse_run` on a synthetic path: the student's parameters moved linearly to the
+    teacher's over 20 steps (PR values random): checks the analysis, not the claim."""
+    import jax
+    import jax.numpy as jnp
+    import equinox as eqx
+    from diffrax_sntk.experiments import _criteria as C
+    from diffrax_sntk.experiments._analysis import analyse_run
+
+    name, _, freq = task.partition("_")
+    cfg = StudentTeacherConfig.preset("quick", task=name, learning_rates=(0.5,),
+                                      learning_rate=0.5, steps=20,
+                                      **({"hopf_frequency": freq} if freq else {}))
+    one = jax.tree_util.tree_map(lambda a: a[0], setups(cfg, [0]))
+    spec = param_spec(cfg, one.student)
+    ps, pt = eqx.filter(one.student, spec), eqx.filter(one.teacher, spec)
+    s = np.linspace(0, 1, cfg.steps + 1)
+    hist = jax.tree_util.tree_map(lambda a, b: jnp.stack([(1 - x) * a + x * b for x in s]),
+                                  ps, pt)
+    losses = np.linspace(1, 1e-3, cfg.steps + 1)
+    evals = np.arange(0, cfg.steps + 1, cfg.eval_every)
+    rng = np.random.default_rng(0)
+    top = np.sort(rng.random((len(evals), cfg.top_k)), axis=1)[:, ::-1]
+    sgd = {"losses": losses, "pr": 1 + 5 * rng.random(len(evals)), "top": top, "history": hist}
+    ng = {"losses": losses, "pr": sgd["pr"][::4], "eval_idx": np.arange(0, len(evals), 4),
+          "history": hist}
+    base = {n: {0.5: losses} for n in ("sgd", "sgd_clip", "adam")}
+    rec = analyse_run(cfg, one, sgd, ng, base, {"sgd": [1.0, 1.0], "ng": [1.1, 1.2]},
+                      {"initial": 1.0, "teacher": 1.0})
+    return json.loads(json.dumps(C._clean(rec), allow_nan=False))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("task", "kind", "event", "rank"), [
+    ("fold", "fold", "birth", 1), ("hopf_fixed", "hopf", "branch", 1),
+    ("hopf_trained", "hopf", "branch", 2)])
+def test_analysis_on_interpolated_path(task, kind, event, rank):
+    rec = _interpolated_run(task)
+    assert rec["task"] == task and rec["first_bifurcation_kind"] == kind
+    assert rec["bifurcations"][0]["event"] == event and rec["channel_rank"] == rank
+    if kind == "fold":
+        # λ_c follows the newborn attractor: undefined before the birth, stable after it.
+        lam = rec["curves"]["lam_c"]
+        k = int(rec["bifurcations"][0]["step"] // 2)
+        assert all(v is None for v in lam[: k + 1]) and all(v < 0 for v in lam[k + 1:])
+        assert rec["curves"]["followed_equilibrium"] == "newborn"
+    else:
+        # g = 0.5 → 1.6 linearly: the Hopf at g = 1 lies at step 20·0.5/1.1.
+        assert abs(rec["bifurcations"][0]["step"] - 20 * 0.5 / 1.1) < 1e-6
+        assert set(rec["criteria"]["C4_normal_form"]["errors"]) == {"hopf", "linear",
+                                                                    "no_rotation"}
+    print(task, {k: (v["value"], v["pass"]) for k, v in rec["criteria"].items()})
