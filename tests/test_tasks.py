@@ -213,9 +213,10 @@ def test_rotation_ctrnn_is_a_ctrnn_with_structured_weights():
 def _interpolated_run(task):
     """`analyse_run` on a synthetic path: the student's parameters moved linearly to the
     teacher's over 20 steps (PR values random): checks the analysis, not the claim."""
+    import equinox as eqx
     import jax
     import jax.numpy as jnp
-    import equinox as eqx
+
     from diffrax_sntk.experiments import _criteria as C
     from diffrax_sntk.experiments._analysis import analyse_run
 
