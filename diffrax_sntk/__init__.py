@@ -44,6 +44,8 @@ from ._bifurcation import continuation as continuation
 from ._fixed_points import FixedPoints as FixedPoints
 from ._fixed_points import Spectrum as Spectrum
 from ._fixed_points import find_fixed_points as find_fixed_points
+from ._deflation import Deflation as Deflation
+from ._bifurcation_point import bifurcation_point as bifurcation_point
 from ._fixed_points import jacobian_spectrum as jacobian_spectrum
 from ._normal_form_types import AbstractNormalForm as AbstractNormalForm
 from ._normal_form_types import BranchPointNormalForm as BranchPointNormalForm

@@ -35,7 +35,7 @@ class Deflation(eqx.Module):
     **Fields:**
 
     - `max_roots`: number of root slots (the result has this many entries, padded with
-        `RESULTS.no_fixed_point` where no further root was found).
+        `RESULTS.no_further_root` where no further root was found).
     - `power`: the exponent `p` of `M(x) = Π_i (‖x − r_i‖^(−p) + σ)` (`p ≥ 1`; `2` as in
         Farrell, Birkisson & Funke).
     - `shift`: the shift `σ > 0` (`1` by default): with `σ ≥ 1`, `‖f‖ ≤ ‖G‖`, so a small
@@ -120,7 +120,7 @@ def deflated_roots(
     the solution with undeflated Newton and file it in the next slot (its code is the polish's
     result) unless it coincides with a root already found. When the deflated solve fails or
     only re-finds a known root, move on to the next start. Stops when the slots are full or the
-    starts are used up; empty slots hold NaN and `RESULTS.no_fixed_point`.
+    starts are used up; empty slots hold NaN and `RESULTS.no_further_root`.
     """
     num_starts, n = initial_states.shape
     slots = deflation.max_roots
@@ -180,7 +180,7 @@ def deflated_roots(
 
     init = _Search(
         roots=jnp.zeros((slots, n), dtype),
-        result=jtu.tree_map(lambda v: jnp.full((slots,), v), RESULTS.no_fixed_point),
+        result=jtu.tree_map(lambda v: jnp.full((slots,), v), RESULTS.no_further_root),
         num_steps=jnp.zeros((slots,), jnp.int32),
         count=jnp.array(0, jnp.int32),
         start=jnp.array(0, jnp.int32),

@@ -211,7 +211,7 @@ def newton_root(fn, y0, args, rtol, atol, max_steps):
 class FixedPoints(eqx.Module):
     """Result of `find_fixed_points`: one entry per initial state (shape `(M, ...)`), or with
     `deflation=` one entry per root slot (shape `(max_roots, ...)`: the roots in the order
-    found, then empty slots with NaN states and `RESULTS.no_fixed_point`).
+    found, then empty slots with NaN states and `RESULTS.no_further_root`).
 
     **Fields:**
 

@@ -44,6 +44,10 @@ class RESULTS(optx.RESULTS):  # pyright: ignore
         "retry); the branch is truncated there. The branch may end at a fold the parametrisation "
         "cannot pass, or the tolerances are too tight."
     )
+    no_further_root = (
+        "Deflation found no further root from the given starts: this root slot is empty (NaN "
+        "state). It is padding, not a failure of the roots found."
+    )
     no_periodic_orbit = (
         "No periodic orbit was found: shooting did not converge, or it converged to an "
         "equilibrium (the period collapsed or the start sits at a fixed point). Try a guess "

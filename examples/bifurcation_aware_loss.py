@@ -30,7 +30,6 @@ import optax  # noqa: E402
 import optimistix as optx  # noqa: E402
 
 import diffrax_sntk as ds  # noqa: E402
-from diffrax_sntk._bifurcation_point import bifurcation_point  # noqa: E402
 
 MU_OP = 2.0  # operating point
 TARGET = -0.7  # lower state asked for: beyond the fold (x_low ≥ −(μ_op/3)^{1/2} ≈ −0.816)
@@ -62,7 +61,7 @@ def make_step(optimizer, aware: bool):
         def loss(b):
             x = lower_state(b, x_prev)
             task = jnp.sum((x - TARGET) ** 2)
-            point = bifurcation_point(family, fold, b)
+            point = ds.bifurcation_point(family, fold, b)
             margin = MU_OP - point.parameter
             barrier = WEIGHT * WIDTH * jax.nn.softplus((MARGIN - margin) / WIDTH)
             total = task + (barrier if aware else 0.0)

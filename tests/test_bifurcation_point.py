@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import diffrax_sntk as ds
-from diffrax_sntk._bifurcation_point import bifurcation_point
+
+bifurcation_point = ds.bifurcation_point
 
 H = 1e-5  # finite-difference step
 

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 import diffrax_sntk as ds
-from diffrax_sntk._deflation import Deflation, deflation_factor
+from diffrax_sntk._deflation import deflation_factor
+
+Deflation = ds.Deflation
 
 THETA = 0.4
 ROT = jnp.array([[np.cos(THETA), -np.sin(THETA)], [np.sin(THETA), np.cos(THETA)]])
