@@ -136,6 +136,20 @@ def _check_tree(tree, structure, name: str, what: str) -> None:
             )
 
 
+def _check_refresh_tol(refresh_tol: Any) -> float | None:
+    if refresh_tol is None:
+        return None
+    try:
+        value = float(refresh_tol)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`refresh_tol` must be None or a number in [0, 1], got {refresh_tol!r}."
+        ) from None
+    if not 0 <= value <= 1:
+        raise ValueError(f"`refresh_tol` must be None or a number in [0, 1], got {refresh_tol!r}.")
+    return value
+
+
 def _num_params(params: PyTree) -> int:
     return int(sum(np.prod(jnp.shape(x)) for x in jtu.tree_leaves(params)))
 
@@ -262,8 +276,10 @@ def _make(
     oversample: int,
     loss_hessian,
     seed,
+    refresh_tol=None,
 ) -> optax.GradientTransformationExtraArgs:
     rank = _check_int("rank", rank, 1)
+    refresh_tol = _check_refresh_tol(refresh_tol)
     refresh_every = _check_int("refresh_every", refresh_every, 1)
     oversample = _check_int("oversample", oversample, 0)
     damping = _check_damping(damping)
@@ -375,7 +391,15 @@ def _make(
                 result=RESULTS.where(ok, RESULTS.successful, RESULTS.refresh_failed),
             )
 
-        state = jax.lax.cond(state.count % refresh_every == 0, refresh, lambda s: s, state)
+        due = state.count % refresh_every == 0
+        if refresh_tol is not None:
+            # Adaptive: also refresh when the gradient has left the preconditioned subspace,
+            # ‖g − U_k U_kᵀ g‖ > tol ‖g‖ (near a bifurcation the amplified channel turns, and a
+            # stale basis would miss it). The basis columns are orthonormal after a refresh.
+            Uk = state.basis[:, :rank]
+            outside = jnp.linalg.norm(g - Uk @ (Uk.T @ g))
+            due = due | (outside > refresh_tol * jnp.linalg.norm(g))
+        state = jax.lax.cond(due, refresh, lambda s: s, state)
         p = _precondition(g, state.basis, state.eigenvalues, state.damping, rank)
         if learning_rate is not None:
             lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
@@ -400,6 +424,7 @@ def scale_by_low_rank_natural_gradient(
     oversample: int = 4,
     loss_hessian: float | ArrayLike | lx.AbstractLinearOperator | Callable | None = None,
     seed: int = 0,
+    refresh_tol: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The low-rank natural-gradient preconditioner alone, g ↦ δ (G_k + δI)⁻¹ g, without the
     learning rate (chain it with `optax.scale_by_learning_rate`, momentum, clipping, ...).
@@ -411,7 +436,7 @@ def scale_by_low_rank_natural_gradient(
     An `optax.GradientTransformationExtraArgs` whose state is a `LowRankNaturalGradientState`.
     Its `update` needs the extra argument `jacobian=`.
     """
-    return _make(None, rank, refresh_every, damping, oversample, loss_hessian, seed)
+    return _make(None, rank, refresh_every, damping, oversample, loss_hessian, seed, refresh_tol)
 
 
 def low_rank_natural_gradient(
@@ -423,6 +448,7 @@ def low_rank_natural_gradient(
     oversample: int = 4,
     loss_hessian: float | ArrayLike | lx.AbstractLinearOperator | Callable | None = None,
     seed: int = 0,
+    refresh_tol: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Low-rank natural gradient: gradient descent preconditioned by the top-k eigenpairs of the
     Gauss–Newton matrix G = Jᵀ H_L J.
@@ -470,6 +496,15 @@ def low_rank_natural_gradient(
         With `damping="auto"` a constant scale of H_L cancels and does not change the step;
         with a numeric damping it sets the units of δ. Can be overridden per call in `update`.
     - `seed`: seed of the random initial basis (drawn with `jax.random` at `init`; default 0).
+    - `refresh_tol`: `None` (default): refresh on the `refresh_every` schedule only. A number
+        τ in [0, 1]: also refresh whenever the gradient has left the preconditioned subspace,
+        ‖g − U_k U_kᵀ g‖ > τ ‖g‖ (U_k: the current top-k basis), so that refreshes follow the
+        geometry (often near a bifurcation, where the amplified channel turns; rarely far from
+        one); `refresh_every` is then the longest interval between refreshes. Checking costs
+        two products with the n × k basis per step.
+
+    For a step that computes the loss gradient and J from one linearisation (cheaper than a
+    separate gradient, and the refresh then reuses it), see `ds.trajectory_and_jacobian`.
 
     **Returns:**
 
@@ -488,4 +523,6 @@ def low_rank_natural_gradient(
             "`learning_rate` must be a scalar or a schedule; for the preconditioner alone use "
             "`scale_by_low_rank_natural_gradient`."
         )
-    return _make(learning_rate, rank, refresh_every, damping, oversample, loss_hessian, seed)
+    return _make(
+        learning_rate, rank, refresh_every, damping, oversample, loss_hessian, seed, refresh_tol
+    )

@@ -35,12 +35,13 @@ from ._problem import (
     partition_model,
     trajectory_fn,
 )
-from ._replay import linearise
+from ._replay import linearise, linearise_with_outputs
 
 __all__ = [
     "PairedLinearOperator",
     "jacobian_operator",
     "sntk_operator",
+    "trajectory_and_jacobian",
 ]
 
 
@@ -352,6 +353,58 @@ def jacobian_operator(
     fn = eqx.Partial(_jvp, params, static, problem, space)
     tfn = eqx.Partial(_vjp, params, static, problem, space)
     return PairedLinearOperator(fn, tfn, params, out_struct)
+
+
+def trajectory_and_jacobian(
+    model: Callable,
+    problem: TrajectoryProblem,
+    *,
+    space: str = "state",
+    filter_spec: Any = eqx.is_inexact_array,
+    num_steps: int | None = None,
+) -> tuple[PyTree[Float[Array, "batch time ..."]], PairedLinearOperator]:
+    r"""The trajectory X(θ) and its Jacobian J = ∂X/∂θ from one stored linearisation.
+
+    A training step that needs both the loss gradient and J (the low-rank natural gradient)
+    gets them from one recording solve and one linearised replay (`method="replay"` of
+    `jacobian_operator`): the gradient is `J.transpose().mv(∂L/∂X)`, a linear pass over the
+    stored steps, and the natural gradient's refresh reuses the same linearisation instead of
+    re-solving the trajectory for every JVP and VJP.
+
+    ```python
+    @eqx.filter_jit
+    def step(model, state):
+        ys, J = ds.trajectory_and_jacobian(model, problem, num_steps=64)
+        loss, dys = jax.value_and_grad(lambda y: jnp.mean((y - target) ** 2))(ys)
+        grads = J.transpose().mv(dys)
+        params = eqx.filter(model, eqx.is_inexact_array)
+        updates, state = opt.update(grads, state, params, jacobian=J)
+        return eqx.apply_updates(model, updates), state, loss
+    ```
+
+    **Arguments:**
+
+    - `model`, `problem`, `space`, `filter_spec`: as for `jacobian_operator`.
+    - `num_steps`: the static length of the stored step grid, as for `jacobian_operator`'s
+        replay. Inside `jit` pass it (the default there is `problem.max_steps`, and every
+        padding step costs a step), with room for the step count to grow during training: a
+        solve that needs more steps raises at run time.
+
+    **Returns:**
+
+    `(ys, J)`: `ys` the observed states (or readout, for `space="output"`), equal to
+    `ds.simulate(model, problem, space=space)` to rounding (the same discrete map), as a value
+    (differentiate through `J`, not through `ys`); `J` the replay `jacobian_operator`.
+
+    **Raises:**
+
+    As `jacobian_operator(..., method="replay")`: a `ValueError` for an implicit solver or a
+    controller with `jump_ts`.
+    """
+    params, static, out_struct = _prepare(model, problem, space, filter_spec)
+    _use_replay("replay", params, problem)  # the structural checks of the replay path
+    ys, lin = linearise_with_outputs(params, static, problem, space, num_steps)
+    return ys, PairedLinearOperator(lin.jvp, lin.vjp, params, out_struct)
 
 
 def sntk_operator(

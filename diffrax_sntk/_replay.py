@@ -49,7 +49,13 @@ from jaxtyping import PyTree
 
 from ._problem import TrajectoryProblem, integrate
 
-__all__ = ["record_steps", "replay_trajectory_fn", "linearise", "bucket_steps"]
+__all__ = [
+    "record_steps",
+    "replay_trajectory_fn",
+    "linearise",
+    "linearise_with_outputs",
+    "bucket_steps",
+]
 
 
 def bucket_steps(num_steps: int) -> int:
@@ -204,9 +210,11 @@ class Linearisation(eqx.Module):
 def _linearise(params, static, problem, space, ends, length):
     starts, ends = _step_grid(ends, problem.t0, problem.ts[-1], length)
     fn = replay_trajectory_fn(static, problem, space, starts, ends)
-    _, f_jvp = jax.linearize(fn, params)
+    ys, f_jvp = jax.linearize(fn, params)
     p_struct = jtu.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-    return eqx.filter_closure_convert(f_jvp, p_struct)
+    # The replayed trajectory comes with the linearisation at no extra cost: one program serves
+    # both the operators (which drop it) and `trajectory_and_jacobian` (which returns it).
+    return ys, eqx.filter_closure_convert(f_jvp, p_struct)
 
 
 _linearise_jit = eqx.filter_jit(_linearise)
@@ -226,6 +234,11 @@ def linearise(params, static, problem: TrajectoryProblem, space: str, num_steps=
     The scan length is static: given `num_steps`, or (outside a trace) the bucketed maximum
     number of accepted steps over the trials, or (inside a trace) `problem.max_steps`.
     """
+    return linearise_with_outputs(params, static, problem, space, num_steps)[1]
+
+
+def linearise_with_outputs(params, static, problem: TrajectoryProblem, space: str, num_steps=None):
+    """As `linearise`, also returning the replayed trajectory: `(ys, linearisation)`."""
     _check_num_steps(num_steps)
     ends, num = _record_jit(params, static, problem)
     concrete = not isinstance(num, jax.core.Tracer)
@@ -247,6 +260,6 @@ def linearise(params, static, problem: TrajectoryProblem, space: str, num_steps=
             jnp.max(num) > length,
             "diffrax_sntk: the recorded solve took more steps than `num_steps`; increase it.",
         )
-    jvp = _linearise_jit(params, static, problem, space, ends, length)
+    ys, jvp = _linearise_jit(params, static, problem, space, ends, length)
     p_struct = jtu.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-    return Linearisation(jvp, num, p_struct, length)
+    return ys, Linearisation(jvp, num, p_struct, length)

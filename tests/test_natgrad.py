@@ -140,6 +140,29 @@ def test_jit_compiles_once_and_refreshes_on_schedule():
     assert int(state.count) == 7
 
 
+def test_adaptive_refresh_when_the_gradient_leaves_the_subspace():
+    # `refresh_tol`: refresh whenever ‖g − U_kU_kᵀg‖ > tol ‖g‖, else on the (long) schedule.
+    Jm, V, g = _linear_problem()
+    J = lx.MatrixLinearOperator(Jm)
+    opt = ds.scale_by_low_rank_natural_gradient(2, refresh_every=100, damping=0.1,
+                                                refresh_tol=0.1)
+    update = jax.jit(lambda g, s, J: opt.update(g, s, g, jacobian=J))
+    inside = V[:, :2] @ jnp.array([1.0, -2.0])  # in the top-2 eigenspace of G
+    state = opt.init(g)
+    changed = []
+    for grad in [inside] * 4 + [g, inside]:
+        old = np.asarray(state.basis)
+        _, state = update(grad, state, J)
+        changed.append(not np.array_equal(old, np.asarray(state.basis)))
+    # Count 0 refreshes; subspace iteration then converges onto the top-2 space within a few
+    # refreshes, after which a gradient inside it triggers none; the generic `g` (mostly
+    # outside) triggers one, and a gradient inside it again none.
+    assert changed[0] and changed[4] and not changed[3] and not changed[5], changed
+    assert update._cache_size() == 1
+    with pytest.raises(ValueError, match="`refresh_tol`"):
+        ds.low_rank_natural_gradient(0.1, refresh_tol=1.5)
+
+
 def test_composes_with_optax_chain():
     Jm, _, g = _linear_problem()
     J = lx.MatrixLinearOperator(Jm)

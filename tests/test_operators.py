@@ -6,6 +6,7 @@ to every operator are the contract in test_operator_contract.py; both use the ma
 import diffrax as dfx
 import equinox as eqx
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -115,3 +116,28 @@ def test_replay_too_few_steps_inside_jit_raises(getkey):
     )
     with pytest.raises(Exception, match="num_steps"):
         jax.block_until_ready(f(model, v))
+
+
+def test_trajectory_and_jacobian_share_one_linearisation():
+    # One recording solve and one linearised replay give X (= simulate, to rounding) and J;
+    # inside jit, Jᵀ ∂L/∂X is the reverse-mode gradient of the loss.
+    from diffrax_sntk._operators import trajectory_and_jacobian
+
+    model, problem = small_ctrnn(), small_problem()
+    jac = registry.jacobian_reference("state")
+    ys, J = trajectory_and_jacobian(model, problem)
+    assert _rel(ys, ds.simulate(model, problem)) <= 1e-10
+    assert _rel(J.as_matrix(), jac) <= 1e-10
+    target = 0.5 * np.asarray(ys)
+
+    @eqx.filter_jit
+    def grad(m):
+        ys, J = trajectory_and_jacobian(m, problem, num_steps=512)
+        dys = jax.grad(lambda y: jnp.sum((y - target) ** 2))(ys)
+        return jax.flatten_util.ravel_pytree(J.transpose().mv(dys))[0]
+
+    expected = jac.T @ (2 * (np.asarray(ys) - target)).reshape(-1)
+    assert _rel(grad(model), expected) <= 1e-10
+    implicit = ds.TrajectoryProblem(problem.ts, problem.y0, solver=dfx.Kvaerno5())
+    with pytest.raises(ValueError, match="explicit solver"):
+        trajectory_and_jacobian(ds.CTRNN(N, key=jr.PRNGKey(0)), implicit)
