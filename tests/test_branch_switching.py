@@ -33,6 +33,7 @@ from diffrax_sntk._diagram import BifurcationDiagram, bifurcation_diagram
 
 from .helpers_bifurcation import (
     FOLD,
+    PITCHFORK_SUB,
     PITCHFORK_SUPER,
     TRANSCRITICAL,
     GainCTRNN,
@@ -69,6 +70,15 @@ def test_pitchfork_both_sides():
         assert branch.bifurcations == ()
     assert float(diagram.origins[1].parameter) == float(bif.parameter)
     assert [(i, b.kind) for i, b in diagram.bifurcations] == [(0, "pitchfork")]
+
+
+def test_subcritical_pitchfork_goes_backwards():
+    # μx + x³: the branches x = ±√(−μ) exist for μ < 0 and are unstable (δμ = −u² from b3 > 0).
+    diagram = bifurcation_diagram(PITCHFORK_SUB, jnp.array([0.0]), -1.0, 1.0)
+    for side, branch in _switched(diagram):
+        x, mu = np.asarray(branch.states[:, 0]), np.asarray(branch.parameters)
+        np.testing.assert_allclose(x, side * np.sqrt(-mu), atol=1e-8, rtol=0)
+        assert mu[-1] == pytest.approx(-1.0) and not np.any(branch.stable)
 
 
 def test_transcritical_exchange():
