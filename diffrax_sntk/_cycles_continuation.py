@@ -174,7 +174,14 @@ def _step_loop(
         bordered = jnp.concatenate([jac, normal[None]], axis=0)
         t_new = jnp.linalg.solve(bordered, jnp.zeros((m,), dtype).at[-1].set(1))
         t_new = t_new / jnp.linalg.norm(t_new)
-        ok = successful(orbit.result) & jnp.all(jnp.isfinite(t_new))
+        # The phase hyperplane cuts a cycle twice; the corrector may land on the far
+        # intersection, where the flow crosses the hyperplane backwards. Near a Hopf point,
+        # where the cycles are small, that is a jump through the equilibrium onto the same
+        # family with the opposite phase (and a spurious turn of the tangent): reject it, so
+        # the step shrinks instead.
+        x_new, _, s_new = split(z)
+        forward = jnp.dot(family(x_new, s_new, args), f_ref) > 0
+        ok = successful(orbit.result) & jnp.all(jnp.isfinite(t_new)) & forward
         g_new = test_functions(t_new, orbit.multipliers, orbit.trivial_index)
 
         # --- INIT / STEP: accept or shrink.

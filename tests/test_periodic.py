@@ -297,6 +297,18 @@ def test_brusselator_hopf_switch():
     cyc = continue_periodic_orbit(brusselator, orbit, None, 2.01, 2.3, max_steps=30)
     assert cyc.result == RESULTS.successful and bool(np.all(np.asarray(cyc.stable)))
     assert np.all(np.diff(np.asarray(cyc.periods)) > 0)
+    # Back towards the Hopf point the cycles shrink onto the equilibrium: the branch creeps
+    # up to b* (period → 2π/ω) and ends there with a failure code; it does not jump through
+    # the equilibrium onto the same family with the opposite phase (same compiled program).
+    # (Within ~1e-8 of b*, the shooting system is singular, the nontrivial multiplier at 1,
+    # and the parameter jitters at that level; 22 steps stop short of it.)
+    back = continue_periodic_orbit(brusselator, cyc.states[-1], cyc.periods[-1], 2.3, 1.9,
+                                   max_steps=22)  # fmt: skip
+    assert back.result in (RESULTS.continuation_max_steps, RESULTS.continuation_step_too_small)
+    b_back = np.asarray(back.parameters)
+    assert np.all(b_back > 2.0) and np.all(np.diff(b_back) < 0)
+    assert b_back[-1] - 2.0 < 1e-4 and abs(float(back.periods[-1]) - 2 * np.pi) < 1e-4
+    assert back.bifurcations == ()
 
 
 @pytest.mark.slow
