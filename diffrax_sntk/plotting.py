@@ -25,7 +25,7 @@ def _segments(stable: np.ndarray, boundary: np.ndarray):
             start = j
 
 
-def _plot_branch(ax, br, obs, col, label, annotate, origin=None):
+def _plot_branch(ax, br, obs, col, label, annotate, origin=None, marked=None):
     """One branch: stable solid, unstable dashed, bifurcation markers; `origin` (a
     `Bifurcation`) is the branch point a switched branch emanates from, joined to its start."""
     mu = list(np.asarray(br.parameters, dtype=float))
@@ -56,6 +56,12 @@ def _plot_branch(ax, br, obs, col, label, annotate, origin=None):
         marker, text = _MARKERS.get(bif.kind, ("x", bif.kind))
         y = obs(np.asarray(bif.state))
         p = float(bif.parameter)
+        # A point detected on several branches of a diagram is marked once.
+        key = (bif.kind, round(p, 6), round(float(y), 6))
+        if marked is not None:
+            if key in marked:
+                continue
+            marked.add(key)
         ax.plot([p], [y], marker=marker, color=_KIND_COLORS.get(bif.kind, "C3"), ms=7,
                 linestyle="none")
         if annotate:
@@ -116,9 +122,10 @@ def plot_bifurcation_diagram(
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.5))
     obs = observable if observable is not None else (lambda x: x[component])
+    marked: set | None = set() if diagram is not None else None
     for i, (br, origin, depth) in enumerate(zip(branches, origins, depths, strict=True)):
         col = color if color is not None else ("k" if depth == 0 else f"C{(depth - 1) % 10}")
-        _plot_branch(ax, br, obs, col, label if i == 0 else None, annotate, origin)
+        _plot_branch(ax, br, obs, col, label if i == 0 else None, annotate, origin, marked)
     ax.set_xlabel(xlabel)
     if ylabel is None:
         ylabel = "observable" if observable is not None else f"x[{component}]"

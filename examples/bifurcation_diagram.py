@@ -1,7 +1,7 @@
 """Bifurcation diagram of a CTRNN unit, made with `bifurcation_diagram` and
 `diffrax_sntk.plotting.plot_bifurcation_diagram`.
 
-    python examples/bifurcation_diagram.py            # writes docs/figures/bifurcation_diagram.png
+    python examples/bifurcation_diagram.py            # writes docs/figures/bifurcation_diagram*.png
     python examples/bifurcation_diagram.py --smoke    # fast run, writes to a temporary file
 
 Left: ẋ = −x + g·tanh(x): the origin loses stability in a supercritical pitchfork at g = 1. One
@@ -47,6 +47,27 @@ def imperfect(x, g):
     return -x + g * jnp.tanh(x) + 0.05
 
 
+def three_lines(x, mu):
+    """ẋ = x (x − μ)(x − 2μ + 1): three lines of equilibria crossing pairwise."""
+    return x * (x - mu) * (x - 2 * mu + 1)
+
+
+def recursive_figure(path: pathlib.Path) -> None:
+    """Depth two: the branch x = μ, switched to at (0, 0), meets x = 2μ − 1 at (1, 1); the
+    switch there retraces a known branch and is dropped as a duplicate."""
+    diagram = bifurcation_diagram(three_lines, jnp.zeros(1), -1.0, 2.0, max_depth=3)
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    plot_bifurcation_diagram(diagram, ax=ax, xlabel="μ", ylabel="x")
+    ax.set_title("ẋ = x(x − μ)(x − 2μ + 1): three transcriticals")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(
+        f"three lines: {len(diagram.branches)} branches (depths {diagram.depths}), "
+        f"{diagram.num_duplicates} duplicates dropped; wrote {path}"
+    )
+
+
 def main(smoke: bool = False, out: str | None = None) -> pathlib.Path:
     g_max = 2.0 if smoke else 3.0
     step = 0.2 if smoke else None
@@ -85,6 +106,8 @@ def main(smoke: bool = False, out: str | None = None) -> pathlib.Path:
         )
     print(f"diagram: {len(diagram.branches)} branches, {result_name(diagram.result)}")
     print(f"wrote {path}")
+    if not smoke:
+        recursive_figure(path.with_name("bifurcation_diagram_recursive.png"))
     return path
 
 
