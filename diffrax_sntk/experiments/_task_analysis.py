@@ -64,7 +64,7 @@ def _seeds(models, problem):
 
 def _rightmost(model, x):
     A = jax.jacfwd(autonomous_field)(jnp.asarray(x), model)
-    return float(np.max(np.linalg.eigvals(np.asarray(A)).real))
+    return float(np.max(np.real(np.linalg.eigvals(np.asarray(A)))))
 
 
 def _same_event(a, b) -> bool:
@@ -94,7 +94,7 @@ def task_events(history, student, spec, eval_steps, problem) -> TaskEvents:
 
     eig = np.asarray(track.eigenvalues)[:, 0, :]
     alive = np.asarray(track.alive)[:, 0] & np.asarray(track.converged)[:, 0]
-    lam = np.where(alive, np.max(eig.real, axis=-1), np.nan)
+    lam = np.where(alive, np.max(np.real(eig), axis=-1), np.nan)
     states = np.where(alive[:, None], np.asarray(track.states)[:, 0, :], np.nan)
     followed = "initial"
     if events and any(events[0] is b for b in track.births):
@@ -127,7 +127,7 @@ def _follow_newborn(track, birth, models, num, n):
                                     detect_bifurcations=False)
         ok = np.asarray(sub.alive)[:, 0] & np.asarray(sub.converged)[:, 0]
         if np.asarray(sub.states).shape[1] == 1:
-            lam[k0:] = np.where(ok, np.max(np.asarray(sub.eigenvalues)[:, 0, :].real, axis=-1),
+            lam[k0:] = np.where(ok, np.max(np.real(np.asarray(sub.eigenvalues)[:, 0, :]), axis=-1),
                                 np.nan)
             states[k0:] = np.where(ok[:, None], np.asarray(sub.states)[:, 0, :], np.nan)
     else:
@@ -145,7 +145,7 @@ def initial_branch(history, student, spec, eval_steps):
                                   jnp.zeros((1, n), jnp.result_type(float)))
     eig = np.asarray(track.eigenvalues)[:, 0, :]
     alive = np.asarray(track.alive)[:, 0] & np.asarray(track.converged)[:, 0]
-    return track, np.where(alive, np.max(eig.real, axis=-1), np.nan)
+    return track, np.where(alive, np.max(np.real(eig), axis=-1), np.nan)
 
 
 def _left_coordinate(v, w):
@@ -169,7 +169,7 @@ def hopf_coefficients(model, spec, bif, u_tree):
     dA = lambda vec: np.asarray(jax.jvp(
         lambda prm: jax.jvp(lambda y: f(y, prm), (x,), (jnp.asarray(vec),))[1],
         (params,), (u_tree,))[1])
-    dAv = dA(v.real) + 1j * dA(v.imag)
+    dAv = dA(np.real(v)) + 1j * dA(np.imag(v))
     lam = complex(np.asarray(bif.eigenvalues)[0])
     c1 = complex(np.asarray(bif.normal_form.c1))
     return v, ell, lam, c1, complex(ell @ dAv), complex(ell @ np.asarray(df))
