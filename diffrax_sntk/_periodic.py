@@ -42,9 +42,8 @@ __all__ = [
     "periodic_orbit_trajectory",
 ]
 
-# `RESULTS.no_periodic_orbit` is requested from the lead (it belongs in `_misc.py`); until it
-# exists the closest optimistix code stands in, so that the failure is still flagged.
-NO_PERIODIC_ORBIT = getattr(RESULTS, "no_periodic_orbit", RESULTS.nonlinear_divergence)
+# Shooting that converged to an equilibrium (period or orbit collapsed).
+NO_PERIODIC_ORBIT = RESULTS.no_periodic_orbit
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,9 +33,8 @@ import diffrax_sntk as ds  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-# Until the public names are exported from `diffrax_sntk`, the private modules hold them.
-from diffrax_sntk._cycles_continuation import continue_periodic_orbit  # noqa: E402
-from diffrax_sntk._periodic import (  # noqa: E402
+from diffrax_sntk import (  # noqa: E402
+    continue_periodic_orbit,
     periodic_orbit_from_hopf,
     periodic_orbit_trajectory,
 )

@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 
 import diffrax_sntk as ds
-from diffrax_sntk._cycles_continuation import continue_periodic_orbit
-from diffrax_sntk._cycles_tracking import track_periodic_orbits
-from diffrax_sntk._misc import RESULTS
-from diffrax_sntk._periodic import (
+from diffrax_sntk import (
+    RESULTS,
     PeriodicOrbit,
+    continue_periodic_orbit,
     find_periodic_orbit,
     hopf_cycle_predictor,
     periodic_orbit_from_hopf,
     periodic_orbit_trajectory,
+    track_periodic_orbits,
 )
 
 # ---------------------------------------------------------------------------------------------
