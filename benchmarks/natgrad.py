@@ -41,6 +41,9 @@ def main():
     parser.add_argument("--refresh-every", type=int, default=10)
     parser.add_argument("--refresh-tol", type=float, default=0.5)
     parser.add_argument("--adaptive-every", type=int, default=50)
+    parser.add_argument("--num-steps", type=int, default=None,
+                        help="replay grid length of the shared steps (default: the recorded "
+                             "count with a quarter to spare, bucketed)")
     parser.add_argument("--only", default=None, help="comma-separated rows to run (sgd always)")
     parser.add_argument("--x64", action="store_true")
     args = parser.parse_args()
@@ -68,7 +71,7 @@ def main():
     # the student's and the teacher's recorded step counts, with a quarter to spare.
     counts = [int(jnp.max(record_steps(*partition_model(m), problem)[1]))
               for m in (student, teacher)]
-    num_steps = bucket_steps(int(1.25 * max(counts)))
+    num_steps = args.num_steps or bucket_steps(int(1.25 * max(counts)))
 
     def loss_of(ys):
         return jnp.mean((ys - target) ** 2)
