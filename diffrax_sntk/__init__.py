@@ -41,6 +41,10 @@ from ._bifurcation import Bifurcation as Bifurcation
 from ._bifurcation import BifurcationEvents as BifurcationEvents
 from ._bifurcation import Branch as Branch
 from ._bifurcation import continuation as continuation
+from ._branch_switching import switch_branch as switch_branch
+from ._diagram import BifurcationDiagram as BifurcationDiagram
+from ._diagram import FailedSwitch as FailedSwitch
+from ._diagram import bifurcation_diagram as bifurcation_diagram
 from ._fixed_points import FixedPoints as FixedPoints
 from ._fixed_points import Spectrum as Spectrum
 from ._fixed_points import find_fixed_points as find_fixed_points

@@ -31,14 +31,8 @@ from ._misc import RESULTS, check_vector_field, error_if_nonfinite, result_where
 from ._normal_form_types import BranchPointNormalForm
 
 # A failed switch: the predictor did not converge onto a new branch, landed back on the old
-# one, or the normal form is degenerate. The lead adds `RESULTS.branch_switching_failed` to
-# `_misc.py`; until it exists the closest existing code stands in (the first point of the new
-# branch is not an equilibrium off the old branch).
-SWITCH_FAILED = (
-    RESULTS.branch_switching_failed  # pyright: ignore[reportAttributeAccessIssue]
-    if "branch_switching_failed" in getattr(RESULTS, "_name_to_item", {})
-    else RESULTS.no_fixed_point
-)
+# one, or the normal form is degenerate.
+SWITCH_FAILED = RESULTS.branch_switch_failed
 
 # The recorded tangent (a chord of the arrival step) must match one of the two predicted
 # directions at least this well (|cos|), else the predictor and the branch disagree.
@@ -240,7 +234,7 @@ def switch_branch(
     `(branch_minus, branch_plus)`, the two sides (`u < 0`, `u > 0`; for a transcritical, the
     sides of the new branch's tangent), each a `Branch` whose first point is the corrected
     predicted point. `branch.result` is the continuation's, or `SWITCH_FAILED`
-    (`RESULTS.branch_switching_failed`) when the predictor did not converge, landed back on
+    (`RESULTS.branch_switch_failed`) when the predictor did not converge, landed back on
     the old branch, or the normal form is degenerate (`b1 = 0`, `b1² ≤ a2·b2`).
     """
     if not isinstance(bifurcation, Bifurcation):

@@ -54,8 +54,10 @@ class RESULTS(optx.RESULTS):  # pyright: ignore
         "closer to the cycle, a `transient` onto it, or another period."
     )
     branch_switch_failed = (
-        "Branch switching did not reach a new branch: the corrector did not converge from the "
-        "predictor, or it fell back onto the branch it started from. Try another `amplitude`."
+        "Branch switching failed: the normal-form predictor is degenerate (b1 = 0 or "
+        "b1² ≤ a2·b2), the recorded tangent matches neither predicted branch, the corrector did "
+        "not converge, or it landed back on the old branch; the switched branch is not "
+        "reliable. Try another `amplitude`."
     )
     localisation_failed = (
         "A change of stability was detected but the bifurcation could not be localised (the test "

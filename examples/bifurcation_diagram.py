@@ -29,10 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from diffrax_sntk.plotting import plot_bifurcation_diagram  # noqa: E402
 
-try:
-    from diffrax_sntk import bifurcation_diagram  # noqa: E402
-except ImportError:  # not yet re-exported
-    from diffrax_sntk._diagram import bifurcation_diagram  # noqa: E402
+bifurcation_diagram = ds.bifurcation_diagram
 
 
 def result_name(result) -> str:
