@@ -37,6 +37,12 @@ def _trainable(config: dict) -> str:
     t = config.get("trainable")
     if t:
         return str(t)
+    task = config.get("task", "pitchfork")
+    if task == "hopf":
+        trained = config.get("hopf_frequency") == "trained"
+        return "gain,bulk,U" + (",omega" if trained else "")
+    if task == "fold":
+        return "W,b,U"
     return "W" if config.get("student", "shared") == "shared" else "W,b,U"
 
 
