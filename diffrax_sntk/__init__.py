@@ -18,6 +18,7 @@ from ._operators import (
     PairedLinearOperator as PairedLinearOperator,
     jacobian_operator as jacobian_operator,
     sntk_operator as sntk_operator,
+    trajectory_and_jacobian as trajectory_and_jacobian,
 )
 from ._kpflow import (
     adjoint_propagator as adjoint_propagator,
