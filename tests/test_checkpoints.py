@@ -174,10 +174,11 @@ def test_estimators_within_error_bars():
 
 @pytest.mark.slow  # an outer jit: one more compile
 def test_under_jit(stats):
+    # The problem is built outside `jit` (its constant step grid needs concrete times).
     fn = eqx.filter_jit(
-        lambda ms: sntk_over_checkpoints(ms, tiny_problem(), k=2, num_matvecs=8,
-                                         steps=[0, 10, 20], batch_size=2)
+        lambda ms, prob: sntk_over_checkpoints(ms, prob, k=2, num_matvecs=8,
+                                               steps=[0, 10, 20], batch_size=2)
     )
-    out = fn(tiny_checkpoints())
+    out = fn(tiny_checkpoints(), tiny_problem())
     np.testing.assert_allclose(np.asarray(out.effective_rank),
                                np.asarray(stats.effective_rank), rtol=1e-10)
