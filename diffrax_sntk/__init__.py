@@ -74,6 +74,13 @@ from ._tracking import BifurcationTrack as BifurcationTrack
 from ._births import Ghosts as Ghosts
 from ._tracking import track_bifurcations as track_bifurcations
 
+# --- analysing a trained RNN
+from ._rnn_analysis import FixedPointAnalysis as FixedPointAnalysis
+from ._rnn_analysis import analyse_fixed_points as analyse_fixed_points
+from ._rnn_analysis import sample_states as sample_states
+from ._checkpoints import SNTKCheckpoints as SNTKCheckpoints
+from ._checkpoints import sntk_over_checkpoints as sntk_over_checkpoints
+
 # --- bifurcation channels
 from ._channel_types import BifurcationChannels as BifurcationChannels
 from ._channel_types import ChannelDiagnostics as ChannelDiagnostics

@@ -5,6 +5,13 @@ from typing import Any
 
 import numpy as np
 
+from ._plotting_rnn import (
+    pca_projection as pca_projection,
+    plot_eigenvalues as plot_eigenvalues,
+    plot_fixed_points as plot_fixed_points,
+    plot_sntk_over_training as plot_sntk_over_training,
+)
+
 _MARKERS = {
     "fold": ("s", "LP"),
     "transcritical": ("D", "BP"),

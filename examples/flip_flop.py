@@ -32,13 +32,12 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import diffrax_sntk as ds  # noqa: E402
-from diffrax_sntk._checkpoints import sntk_over_checkpoints  # noqa: E402
-from diffrax_sntk._plotting_rnn import (  # noqa: E402
+from diffrax_sntk import analyse_fixed_points, sample_states, sntk_over_checkpoints  # noqa: E402
+from diffrax_sntk.plotting import (  # noqa: E402
     plot_eigenvalues,
     plot_fixed_points,
     plot_sntk_over_training,
 )
-from diffrax_sntk._rnn_analysis import analyse_fixed_points, sample_states  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import diffrax_sntk as ds
-from diffrax_sntk._checkpoints import sntk_over_checkpoints
+from diffrax_sntk import sntk_over_checkpoints
 
 from .helpers import dense_jacobian, raises_check, small_ctrnn, small_problem
 

@@ -11,7 +11,7 @@ import matplotlib
 import numpy as np
 import pytest
 
-from diffrax_sntk._rnn_analysis import analyse_fixed_points, sample_states
+from diffrax_sntk import analyse_fixed_points, sample_states
 
 from .helpers import raises_check
 
@@ -174,7 +174,7 @@ def test_sample_states(getkey):
 def test_views(units_analysis, tmp_path):
     import matplotlib.pyplot as plt
 
-    from diffrax_sntk._plotting_rnn import pca_projection, plot_eigenvalues, plot_fixed_points
+    from diffrax_sntk.plotting import pca_projection, plot_eigenvalues, plot_fixed_points
 
     ts = np.linspace(0, 1, 20)
     ys = np.stack([np.outer(1 - ts, s) + np.outer(ts, [X_STAR, X_STAR]) for s in STARTS])
