@@ -34,7 +34,7 @@ import diffrax_sntk as ds
 from .helpers import dense_jacobian, small_ctrnn, small_problem
 
 # Quadrature order of the KPFlow factors: 6 nodes per interval resolve this problem's smooth
-# G(t) to ~1e-9, so P K P* equals Θ to the tolerance of the solves (test_operators uses it).
+# G(t) to ~1e-9, so P K P* equals Θ to the tolerance of the solves (test_operator_contract uses it).
 ORDER = 6
 
 
