@@ -3,7 +3,11 @@ summary; an interrupted run resumed to the same report; the `sweep` command's fi
 `--resume`; and (slow) the negative control at the real size.
 
 The reproduce and sweep runs share one configuration shape (quick preset, one seed, the quick
-rate grid), so they share the compiled programs."""
+rate grid), so they share the compiled programs. Those three end-to-end tests run with
+`-m slow`: their one fixture compiles every program of the experiment (six optimizers' training
+scans, the sNTK evaluation, the step timings, the analysis), about 240 s of the default suite's
+budget on 2 cores; the pieces are covered by default in test_criteria, test_sweep_report and
+test_tasks."""
 
 import json
 import os
@@ -33,6 +37,7 @@ def cli_run(tmp_path_factory):
         return out, json.load(f)
 
 
+@pytest.mark.slow
 def test_report_files_and_schema(cli_run):
     out, report = cli_run
     for name in ["report.json", "summary.md", "training.png", "spectra.png", "landscape.png",
@@ -54,6 +59,7 @@ def test_report_files_and_schema(cli_run):
     assert "C4_normal_form" in text and "p-value" in text
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_report(cli_run, tmp_path):
     _, reference = cli_run
     cfg = StudentTeacherConfig.preset("quick", steps=STEPS)
@@ -70,6 +76,7 @@ def test_interrupted_run_resumes_to_the_same_report(cli_run, tmp_path):
         assert resumed["criteria"][name] == reference["criteria"][name], name
 
 
+@pytest.mark.slow
 def test_sweep_cli_files_and_resume(cli_run, tmp_path):
     out = str(tmp_path / "sweep")
     args = ["sweep", "--out", out, "--quick", "--seeds", "1", "--steps", str(STEPS),
