@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import jax.random as jr
 import lineax as lx
 import numpy as np
-import optax
 import pytest
 
 import diffrax_sntk as ds
@@ -122,3 +121,31 @@ def test_eagerly_built_results_pass_through_jit_and_vmap():
     stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *arrays)
     codes = eqx.filter_vmap(lambda t: t.result)(stacked)
     np.testing.assert_array_equal(_codes(codes), [_codes(t.result) for t in tracks])
+
+
+# Parts of a result (its groups, events and records) and non-result types: no code of their own.
+_NOT_RESULTS = {"AbstractNormalForm", "CTRNN", "ChannelDiagnostics", "ChannelSplit",
+                "CriticalMode", "CycleTrackEvent", "Deflation", "Ghosts", "PairedLinearOperator",
+                "Spectrum", "TrajectoryProblem", "VectorField"}
+
+
+def test_every_public_result_type_has_a_result_field():
+    # Structural (no compile): every exported module or named tuple that is a result carries a
+    # `result` field, including the types added after the contract above was written.
+    import dataclasses
+
+    seen = []
+    for name in dir(ds):
+        obj = getattr(ds, name)
+        if not isinstance(obj, type) or name in _NOT_RESULTS:
+            continue
+        if issubclass(obj, eqx.Module):
+            fields = [f.name for f in dataclasses.fields(obj)]
+        elif issubclass(obj, tuple) and hasattr(obj, "_fields"):
+            fields = list(obj._fields)
+        else:
+            continue
+        seen.append(name)
+        assert "result" in fields, name
+    assert {"PeriodicOrbit", "CycleBranch", "BifurcationDiagram", "FixedPointAnalysis",
+            "SNTKCheckpoints", "FixedPoints", "Branch"} <= set(seen)
