@@ -15,7 +15,6 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Complex, Float, Int, PyTree
 
-
 # ---------------------------------------------------------------------------------------------
 # Failure reporting: one enumeration, extending optimistix's (which extends lineax's), so that a
 # lineax or optimistix result promotes into it with `RESULTS.promote(result)`.
@@ -133,9 +132,8 @@ def error_if_nonfinite(tree: PyTree, name: str) -> PyTree:
 
     def check(leaf):
         if eqx.is_array(leaf) and jnp.issubdtype(leaf.dtype, jnp.inexact):
-            return eqx.error_if(
-                leaf, ~jnp.all(jnp.isfinite(leaf)), f"`{name}` contains non-finite values (NaN or inf)"
-            )
+            message = f"`{name}` contains non-finite values (NaN or inf)"
+            return eqx.error_if(leaf, ~jnp.all(jnp.isfinite(leaf)), message)
         return leaf
 
     return jtu.tree_map(check, tree)

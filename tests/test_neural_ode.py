@@ -6,7 +6,6 @@ By default only the fixed-point tests run here: the same pattern is covered per 
 default (test_fixed_points, test_continuation_jit, test_channels); this end-to-end file repeats it
 on one model at a compile cost of its own and runs whole with `-m slow`."""
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -91,7 +90,7 @@ def test_continuation_with_module_args(func):
     assert branch.successful
     p = np.asarray(branch.parameters)
     assert p[0] == pytest.approx(0.0) and p[-1] == pytest.approx(0.5)
-    for mu, x in zip(p, np.asarray(branch.states)):
+    for mu, x in zip(p, np.asarray(branch.states), strict=True):
         assert np.max(np.abs(np.asarray(field(jnp.asarray(x), mu, func)))) < 1e-8
 
 
