@@ -112,3 +112,19 @@ def test_figures_only_empty_curves(tmp_path):
     records = [_error_record(0, 0.1)]
     paths = write_sweep_figures(summarise(records), records, str(tmp_path / "out"))
     assert all(os.path.getsize(p) > 0 for p in paths)
+
+
+def test_c6_counts_distinct_timings():
+    # Three runs share one timing (one sweep invocation), a fourth has its own: two timings.
+    records = [_record(s, 0.1, True) for s in range(4)]
+    timings = [(1.1, 1.0, True)] * 3 + [(1.4, 1.0, False)]
+    for r, (ng, sgd, ok) in zip(records, timings, strict=True):
+        r["criteria"]["C6_cost"].update(value=ng / sgd, ng_mean=ng, sgd_mean=sgd, **{"pass": ok})
+    summary = summarise(records)
+    assert summary["groups"][0]["c6_timings"] == {"count": 2, "passes": 1, "values": [1.1, 1.4]}
+    assert summary["groups"][0]["criteria"]["C6_cost"]["passes"] == 3
+    md = summary_markdown(summary, records)
+    assert "#1: 1 of 2 pass (1.1, 1.4)" in md
+    # Runs without timing details (an errored C6) count no timing.
+    bare = summarise([_record(0, 0.1, True)])
+    assert bare["groups"][0]["c6_timings"] == {"count": 0, "passes": 0, "values": []}

@@ -218,6 +218,18 @@ def summary_markdown(summary: dict, records: list[dict]) -> str:
         )
     head = _GROUP_HEAD + [_SHORT[n] for n in _CRITERIA] + ["errors", "first bifurcation"]
     lines += ["## Pass counts", ""] + _table(head, rows) + [""]
+    timings = [(i + 1, g["c6_timings"]) for i, g in enumerate(groups)
+               if (g.get("c6_timings") or {}).get("count")]
+    if timings:
+        lines += [
+            "C6 is timed once per sweep invocation and copied into each of its runs, so its "
+            "pass count is over runs, not over independent timings. Distinct timings per group "
+            "(NG mean step / SGD mean step): "
+            + "; ".join(f"#{i}: {t['passes']} of {t['count']} pass "
+                        f"({', '.join(_fmt(v) for v in t['values']) or '–'})"
+                        for i, t in timings) + ".",
+            "",
+        ]
     lines += _task_section(summary.get("tasks") or [])
 
     # Notes per criterion.
