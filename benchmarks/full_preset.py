@@ -14,7 +14,7 @@ It then projects the whole `--full` run from these figures: the preset's six opt
 its learning-rate grid × 600 steps, then the SGD run's evaluations and the natural-gradient
 run's (every fourth). Nothing here runs `--full` itself.
 
-    python benchmarks/full_preset.py [--steps 12]
+    python benchmarks/full_preset.py [--steps 10]
 """
 
 import argparse
@@ -26,7 +26,9 @@ import numpy as np
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=10,
+                        help="timed steps after the compiling one (default 10: one of them "
+                             "refreshes, as in training with refresh_every=10)")
     args = parser.parse_args()
 
     import equinox as eqx
