@@ -2,6 +2,7 @@
 
 import os
 
+import numpy as np
 import pytest
 
 from diffrax_sntk.experiments._sweep import CRITERIA, summarise
@@ -128,3 +129,16 @@ def test_c6_counts_distinct_timings():
     # Runs without timing details (an errored C6) count no timing.
     bare = summarise([_record(0, 0.1, True)])
     assert bare["groups"][0]["c6_timings"] == {"count": 0, "passes": 0, "values": []}
+
+
+def test_branch_lost_step():
+    from diffrax_sntk.experiments._analysis import branch_lost_step
+
+    steps = np.arange(0, 10, 2)
+    nan = float("nan")
+    # Lost at the third evaluation (step 4), no crossing: reported.
+    assert branch_lost_step(steps, [-0.5, -0.3, nan, nan, nan], []) == 4.0
+    # Never lost, never tracked, or lost only after a crossing: None.
+    assert branch_lost_step(steps, [-0.5, -0.3, -0.1, 0.1, 0.2], []) is None
+    assert branch_lost_step(steps, [nan] * 5, []) is None
+    assert branch_lost_step(steps, [-0.5, -0.1, 0.2, nan, nan], [3.0]) is None

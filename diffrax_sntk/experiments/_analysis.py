@@ -378,10 +378,33 @@ def analyse_run(
         curves["ghosts"] = 0 if track is None or track.ghosts is None else int(
             track.ghosts.num_ghosts)
     extra = {"task": cfg.task_label, "channel_rank": channel_rank,
-             "channel_rank_tol": _CHANNEL_RANK_TOL}
+             "channel_rank_tol": _CHANNEL_RANK_TOL,
+             "branch_lost_step": branch_lost_step(eval_steps, lam_c, cross_steps)}
     return {**extra, "criteria": criteria, "bifurcations": bif_list,
             "first_bifurcation_kind": kind,
             "at_crossing": C._clean(at), "curves": curves}
+
+
+def branch_lost_step(eval_steps, lam_c, crossings) -> float | None:
+    """The first evaluation step at which the followed equilibrium was lost (λ_c turns NaN after
+    a finite value) *before* any detected crossing, else `None`.
+
+    A diagnostic recorded with each run (it changes no criterion): a run whose branch is lost
+    this way reports "no crossing" for C1–C4 although the tracker, not the dynamics, ended the
+    search (seen at N = 64, where the branch was lost at steps 2–6 with Re λ_c ≤ −0.02).
+    """
+    lam = np.asarray(lam_c, float)
+    steps = np.asarray(eval_steps)
+    finite = np.isfinite(lam)
+    if not finite.any():
+        return None
+    after = np.flatnonzero(~finite & (np.arange(lam.size) > np.flatnonzero(finite)[0]))
+    if after.size == 0:
+        return None
+    lost = float(steps[after[0]])
+    if crossings and min(crossings) <= lost:
+        return None
+    return lost
 
 
 def _spike_peak(losses):

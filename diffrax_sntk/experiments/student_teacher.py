@@ -40,6 +40,8 @@ REPORT_SCHEMA: dict[str, str] = {
     "ng_refresh_failures (failed eigenbasis refreshes, each keeping the previous basis)",
     "optimizer_losses": "loss curve of every optimizer (sgd, sgd_clip, adam, ng1, ng2, ng4) at "
     "the run's learning rate",
+    "branch_lost_step": "first evaluation step at which the followed equilibrium was lost "
+    "before any crossing, or null (a diagnostic; the criteria are unchanged)",
     "error": "null, or the message of an analysis failure",
     "wall_time_seconds": "total wall time of the call",
 }
