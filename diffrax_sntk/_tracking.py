@@ -29,7 +29,10 @@ class BifurcationTrack(eqx.Module):
     - `newton_result`: `(K, B)` the `RESULTS` of the Newton solve at that checkpoint
         (warm-started from the previous); `converged` is `newton_result == RESULTS.successful`.
     - `alive`: `(K, B)` the branch is still the one followed from checkpoint 0 (it is lost after a
-        fold, a failed segment continuation or a jump to another equilibrium).
+        fold or a failed segment continuation). Where warm-started Newton jumps to another
+        equilibrium or fails but the segment continuation reaches the next checkpoint, tracking
+        restarts from the continuation's end, so the branch stays alive (with
+        `detect_bifurcations=False` there is no continuation and a jump is not corrected).
     - `eigenvalues`: `(K, B, N)` Jacobian eigenvalues, matched across checkpoints by eigenvector
         overlap, so `eigenvalues[:, b, j]` is one eigenvalue's trajectory.
     - `bifurcations`: every detected bifurcation; `parameter` is the fractional checkpoint index
@@ -109,7 +112,10 @@ def _match(prev_vecs, prev_vals, vals, vecs):
 
 
 @eqx.filter_jit
-def _scan(vector_field, static, dyn_seq, x0, opts, match):
+def _scan(vector_field, static, dyn_seq, x0, opts, match, restarts, restart_mask):
+    """Warm-started Newton along the checkpoints. Where `restart_mask[k, b]`, Newton at checkpoint
+    `k` starts from `restarts[k, b]` (the end of a segment continuation) instead of the state
+    carried from `k - 1`."""
     p0 = eqx.combine(jtu.tree_map(lambda a: a[0], dyn_seq), static)
 
     def spectrum(x, p):
@@ -120,8 +126,10 @@ def _scan(vector_field, static, dyn_seq, x0, opts, match):
 
     vals0, vecs0 = jax.vmap(lambda x: spectrum(x, p0))(x0)
 
-    def body(carry, p_dyn):
+    def body(carry, inputs):
         x_prev, vals_prev, vecs_prev = carry
+        p_dyn, restart, mask = inputs
+        x_prev = jnp.where(mask[:, None], restart, x_prev)
         p = eqx.combine(p_dyn, static)
         xs, results, _ = jax.vmap(
             lambda x: newton_solve(vector_field, x, p, opts.rtol, opts.atol, opts.newton_max_steps)
@@ -142,7 +150,7 @@ def _scan(vector_field, static, dyn_seq, x0, opts, match):
                 vals, vecs = jax.vmap(_match)(vecs_prev, vals_prev, vals, vecs)
         return (x_carry, vals, vecs), (xs, results, vals, sig)
 
-    _, out = jax.lax.scan(body, (x0, vals0, vecs0), dyn_seq)
+    _, out = jax.lax.scan(body, (x0, vals0, vecs0), (dyn_seq, restarts, restart_mask))
     return out
 
 
@@ -199,7 +207,10 @@ def track_bifurcations(
        Newton fails, or the state jumps, is re-examined by pseudo-arclength continuation in
        `s ∈ [0, 1]` along `params(s) = (1 - s)·params_k + s·params_{k+1}` (inexact leaves), with
        the compiled kernel of `continuation`, which localises, classifies and computes normal
-       forms. Every segment shares one compilation.
+       forms. Every segment shares one compilation. A segment continuation that reaches
+       `s = 1` away from warm-started Newton's state (a jump to another equilibrium) or where
+       Newton failed restarts the scan from its end state; one that does not reach `s = 1` (a
+       fold) ends the branch.
     4. With `seed_states`: births, deaths and ghosts. At every checkpoint, Newton and a
        minimisation of `½‖f‖²` (whose minimum Newton polishes) run from every seed; the distinct
        equilibria found are matched between `k` and `k + 1` by Newton warm-started from `k` and
@@ -301,27 +312,49 @@ def track_bifurcations(
             result=RESULTS.no_fixed_point,
         )
         return with_births(track, [])
-    xs, results, vals, sig = _scan(vector_field, static, dyn_seq, x0, opts, match_eigenvalues)
-    oks = results == RESULTS.successful
-    xs_np, oks_np = np.asarray(xs), np.asarray(oks)
-    vals_np, sig_np = np.asarray(vals), np.asarray(sig)
     nb = x0.shape[0]
-    alive = np.ones((num, nb), bool)
-    alive &= np.logical_and.accumulate(oks_np, axis=0)
-    segment = [[RESULTS.successful] * nb for _ in range(num - 1)]
-    found: list[Bifurcation] = []
-    if detect_bifurcations:
+    restarts = np.zeros((num, nb, n), np.asarray(x0).dtype)
+    restart_mask = np.zeros((num, nb), bool)
+
+    def scan():
+        out = _scan(
+            vector_field,
+            static,
+            dyn_seq,
+            x0,
+            opts,
+            match_eigenvalues,
+            jnp.asarray(restarts),
+            jnp.asarray(restart_mask),
+        )
+        xs, results, vals, sig = out
+        oks_np = np.asarray(results == RESULTS.successful)
+        xs_np, vals_np, sig_np = np.asarray(xs), np.asarray(vals), np.asarray(sig)
         changed = np.any(sig_np[1:] != sig_np[:-1], axis=-1)
         re = np.sign(np.real(vals_np))
         changed |= np.any(re[1:] != re[:-1], axis=-1)
         changed |= ~oks_np[1:]
         step = np.max(np.abs(xs_np[1:] - xs_np[:-1]), axis=-1)
         changed |= step > jump_tol * (1 + np.max(np.abs(xs_np[:-1]), axis=-1))
+        return out, oks_np, xs_np, changed
+
+    (xs, results, vals, sig), oks_np, xs_np, changed = scan()
+    # First checkpoint at which branch b is lost to a segment continuation that did not reach
+    # `s = 1` (a fold, or a failure).
+    lost_at = np.full(nb, num)
+    segment = [[RESULTS.successful] * nb for _ in range(num - 1)]
+    found: list[Bifurcation] = []
+    if detect_bifurcations:
         family = LineFamily(vector_field, static)
         h = lambda v: jnp.asarray(v, dtype)
         for b in range(nb):
-            for k in np.where(changed[:, b])[0]:
-                if not alive[k, b]:
+            k = 0
+            while True:
+                pending = np.where(changed[k:, b])[0]
+                if pending.size == 0:
+                    break
+                k += int(pending[0])
+                if not oks_np[: k + 1, b].all():
                     break
                 pa = jtu.tree_map(lambda a, k=k: a[k], dyn_seq)
                 pb = jtu.tree_map(lambda a, k=k: a[k + 1], dyn_seq)
@@ -338,14 +371,24 @@ def track_bifurcations(
                         branch.events, dtype, parameter_map=lambda s, k=k: k + s, branch=b
                     )
                 )
-                end_ok = branch.status == "completed" and oks_np[k + 1, b]
-                if end_ok:
-                    x_end = np.asarray(branch.states[-1])
-                    gap = np.max(np.abs(x_end - xs_np[k + 1, b]))
-                    end_ok = gap <= 1e3 * opts.atol * (1 + np.max(np.abs(x_end)))
-                if not end_ok:
-                    alive[k + 1 :, b] = False
+                if branch.status != "completed":
+                    lost_at[b] = k + 1
                     break
+                x_end = np.asarray(branch.states[-1])
+                gap = np.max(np.abs(x_end - xs_np[k + 1, b]))
+                if not oks_np[k + 1, b] or gap > 1e3 * opts.atol * (1 + np.max(np.abs(x_end))):
+                    # Warm-started Newton at k + 1 failed or jumped to another equilibrium, but
+                    # the continuation followed the branch to s = 1: restart the warm-started
+                    # Newton from the continuation's end and re-scan (the checkpoints before
+                    # k + 1 and the other branches are unchanged).
+                    restarts[k + 1, b] = x_end
+                    restart_mask[k + 1, b] = True
+                    (xs, results, vals, sig), oks_np, xs_np, changed = scan()
+                k += 1
+                if k >= num - 1:
+                    break
+    alive = np.logical_and.accumulate(oks_np, axis=0)
+    alive &= np.arange(num)[:, None] < lost_at[None, :]
     found.sort(key=lambda bf: (bf.branch, float(bf.parameter)))
     # A bifurcation exactly at a checkpoint is seen by both adjacent segments: keep one.
     unique: list[Bifurcation] = []

@@ -176,6 +176,35 @@ def test_tracking_fold_loses_branch():
     assert not bool(track.converged[4, 0])
 
 
+def _jumping_field(x, p):
+    # x₀: equilibria at c and c ± 2 (the middle one stable, λ = −4); x₁: pitchfork at μ = 0.
+    c, mu = p
+    y = x[0] - c
+    return jnp.stack([y**3 - 4 * y, mu * x[1] - x[1] ** 3])
+
+
+def test_tracking_survives_a_newton_jump():
+    # Between checkpoints 0 and 1 the followed equilibrium x₀ = c moves by 1.5; Newton
+    # warm-started from x₀ = 0 lands on the unstable neighbour c − 2 = −0.5 (a spurious
+    # eigenvalue sign change, a step within `jump_tol`). The segment continuation follows the
+    # branch to c = 1.5 and tracking goes on from there, so the pitchfork at μ = 0 (fractional
+    # index 2.5) is still found. Before the fix the branch was marked lost at checkpoint 1.
+    cs = jnp.array([0.0, 1.5, 1.6, 1.7, 1.8, 1.9])
+    mus = jnp.array([-1.0, -0.6, -0.2, 0.2, 0.6, 1.0])
+    track = ds.track_bifurcations(_jumping_field, (cs, mus), jnp.zeros((1, 2)))
+    assert bool(jnp.all(track.alive)) and bool(jnp.all(track.converged))
+    assert np.allclose(np.asarray(track.states[:, 0, 0]), np.asarray(cs))
+    (bif,) = track.bifurcations
+    assert bif.kind == "pitchfork" and abs(float(bif.parameter) - 2.5) < 1e-6
+    ev = np.asarray(track.eigenvalues[:, 0]).real
+    assert np.allclose(ev[:, 1], -4.0) and np.allclose(ev[:, 0], np.asarray(mus))
+    # Control: without the segment continuations the jump is not corrected.
+    plain = ds.track_bifurcations(
+        _jumping_field, (cs, mus), jnp.zeros((1, 2)), detect_bifurcations=False
+    )
+    assert float(plain.states[1, 0, 0]) == pytest.approx(-0.5)
+
+
 def test_tracking_hopf():
     # The Hopf point a = 1 sits exactly on checkpoint 2: reported once.
     aa = jnp.linspace(0.6, 1.4, 5)
