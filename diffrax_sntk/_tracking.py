@@ -38,6 +38,9 @@ class BifurcationTrack(eqx.Module):
     - `bifurcations`: every detected bifurcation; `parameter` is the fractional checkpoint index
         `k + s` (parameters interpolated linearly between checkpoints `k` and `k + 1`), `branch`
         the branch index. Normal-form coefficients are with respect to that interpolation `s`.
+        Ordered by segment `k`, then branch, then along the branch: for one branch, the order
+        in which the followed equilibrium meets them (in an S-shaped segment the fold at the
+        larger `s` comes first, and `parameter` is not monotone).
     - `segment_results`: `(K - 1, B)` the `RESULTS` of the segment continuation that
         re-examined `[k, k + 1]` on branch `b` (successful where none was needed).
     - `result`: `RESULTS.successful`, or `RESULTS.no_fixed_point` when no start converged at
@@ -343,7 +346,9 @@ def track_bifurcations(
     # `s = 1` (a fold, or a failure).
     lost_at = np.full(nb, num)
     segment = [[RESULTS.successful] * nb for _ in range(num - 1)]
-    found: list[Bifurcation] = []
+    # (segment, branch, bifurcation), appended branch by branch and, within a branch, in the
+    # order the followed equilibrium meets them (segments ascending, arclength within one).
+    found: list[tuple[int, int, Bifurcation]] = []
     if detect_bifurcations:
         family = LineFamily(vector_field, static)
         h = lambda v: jnp.asarray(v, dtype)
@@ -366,11 +371,12 @@ def track_bifurcations(
                     problem, xs[k, b], h(0.0), h(1.0), h(0.05), h(0.25), h(1e-8), 200, True, 16
                 )
                 segment[k][b] = branch.result
-                found += list(
-                    bifurcations_from_events(
+                found += [
+                    (int(k), b, bf)
+                    for bf in bifurcations_from_events(
                         branch.events, dtype, parameter_map=lambda s, k=k: k + s, branch=b
                     )
-                )
+                ]
                 if branch.status != "completed":
                     lost_at[b] = k + 1
                     break
@@ -389,19 +395,22 @@ def track_bifurcations(
                     break
     alive = np.logical_and.accumulate(oks_np, axis=0)
     alive &= np.arange(num)[:, None] < lost_at[None, :]
-    found.sort(key=lambda bf: (bf.branch, float(bf.parameter)))
     # A bifurcation exactly at a checkpoint is seen by both adjacent segments: keep one.
-    unique: list[Bifurcation] = []
-    for bf in found:
+    unique: list[tuple[int, int, Bifurcation]] = []
+    for item in found:
+        bf, last = item[2], unique[-1][2] if unique else None
         if (
-            unique
-            and unique[-1].branch == bf.branch
-            and unique[-1].kind == bf.kind
-            and abs(float(unique[-1].parameter) - float(bf.parameter)) <= 1e3 * opts.parameter_tol
+            last is not None
+            and last.branch == bf.branch
+            and last.kind == bf.kind
+            and abs(float(last.parameter) - float(bf.parameter)) <= 1e3 * opts.parameter_tol
         ):
             continue
-        unique.append(bf)
-    found = sorted(unique, key=lambda bf: float(bf.parameter))
+        unique.append(item)
+    # Path order, not parameter order: within one segment a branch can pass two folds (an S),
+    # and the followed equilibrium meets the one at the larger `s` first.
+    order = sorted(range(len(unique)), key=lambda i: (unique[i][0], unique[i][1], i))
+    bifurcations = tuple(unique[i][2] for i in order)
     segment_results = jtu.tree_map(
         lambda *codes: jnp.stack(codes).reshape(num - 1, nb),
         *[code for row in segment for code in row],
@@ -411,7 +420,7 @@ def track_bifurcations(
         newton_result=results,
         alive=jnp.asarray(alive),
         eigenvalues=vals,
-        bifurcations=tuple(found),
+        bifurcations=bifurcations,
         segment_results=segment_results,
         result=RESULTS.successful,
     )

@@ -205,6 +205,20 @@ def test_tracking_survives_a_newton_jump():
     assert float(plain.states[1, 0, 0]) == pytest.approx(-0.5)
 
 
+def test_tracking_s_shaped_segment_in_path_order():
+    # ẋ = μ + x − x³ from the lower sheet, μ: −1 → 1 in one segment: the branch meets the fold
+    # at μ = 2/(3√3) (s = 0.692, where the followed equilibrium dies) before the one at
+    # μ = −2/(3√3) (s = 0.308), and the scan goes on from the upper sheet.
+    track = ds.track_bifurcations(
+        lambda x, mu: mu + x - x**3, jnp.array([-1.0, 1.0, 1.2]), jnp.array([[-1.3]])
+    )
+    assert [b.kind for b in track.bifurcations] == ["fold", "fold"]
+    mu_f = 2 / (3 * np.sqrt(3))
+    params = [float(b.parameter) for b in track.bifurcations]
+    assert np.allclose(params, [(1 + mu_f) / 2, (1 - mu_f) / 2], atol=1e-8)
+    assert bool(jnp.all(track.alive)) and float(track.states[1, 0, 0]) > 1.3
+
+
 def test_tracking_hopf():
     # The Hopf point a = 1 sits exactly on checkpoint 2: reported once.
     aa = jnp.linspace(0.6, 1.4, 5)

@@ -216,8 +216,9 @@ def analyse_run(
     followed = "initial"
     if len(eval_steps) >= 2 and cfg.task == "pitchfork":
         track, lam_c = critical_eigenvalues(sgd["history"], student, eval_steps)
-        crossings = sorted((b for b in track.bifurcations if b.branch == 0),
-                           key=lambda b: float(b.parameter))
+        # In the order the followed equilibrium meets them (the tracker's path order; in an
+        # S-shaped interval the fold where it dies comes before the other one).
+        crossings = [b for b in track.bifurcations if b.branch == 0]
     elif len(eval_steps) >= 2:
         events = task_events(sgd["history"], student, spec, eval_steps, problem)
         track, lam_c, crossings = events.track, events.lam_c, events.crossings

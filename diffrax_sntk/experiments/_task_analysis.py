@@ -86,11 +86,17 @@ def task_events(history, student, spec, eval_steps, problem) -> TaskEvents:
     seeds = _seeds(models, problem)
     track = ds.track_bifurcations(autonomous_field, models, jnp.zeros((1, n), dtype),
                                   seed_states=seeds)
-    events = [b for b in track.bifurcations if b.branch == 0]
+    path = [b for b in track.bifurcations if b.branch == 0]
+    events = list(path)
     for b in list(track.births) + list(track.deaths):
         if not any(_same_event(b, e) for e in events):
             events.append(b)
     events.sort(key=lambda b: float(b.parameter))
+    # The followed branch's own events keep the tracker's path order (in an S-shaped interval
+    # the fold where the followed equilibrium dies comes first) in the slots they occupy.
+    slots = [i for i, e in enumerate(events) if any(e is p for p in path)]
+    for i, e in zip(slots, path, strict=True):
+        events[i] = e
 
     eig = np.asarray(track.eigenvalues)[:, 0, :]
     alive = np.asarray(track.alive)[:, 0] & np.asarray(track.converged)[:, 0]
