@@ -95,6 +95,13 @@ def _sweep(args: argparse.Namespace) -> int:
     elif args.hopf_frequency is not None:
         print("--hopf-frequency applies to --task hopf only", file=sys.stderr)
         return 2
+    if args.tracker is not None:
+        if args.tracker == "initial" and args.task != "pitchfork":
+            print("--tracker initial applies to --task pitchfork only (the fold and Hopf tasks "
+                  "always track births)", file=sys.stderr)
+            return 2
+        if args.tracker == "births" and args.task == "pitchfork":
+            task_fields["tracker"] = "births"  # else the task's default: run ids stay as before
     base = StudentTeacherConfig.preset("quick" if args.quick else "default", task=args.task,
                                        **task_fields)
     overrides = {}
@@ -167,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--hopf-frequency", choices=["fixed", "trained"], default=None,
                     help="task hopf: the student's frequency is the teacher's and fixed "
                          "(default), or starts elsewhere and is trained")
+    sw.add_argument("--tracker", choices=["initial", "births"], default=None,
+                    help="task pitchfork: follow the initial equilibrium only (default), or also "
+                         "births and deaths of other equilibria (the pre-registered "
+                         "births-aware variant; analysis only, reuses the training cache)")
     sw.add_argument("--steps", type=int, default=None)
     sw.add_argument("--eval-every", type=int, default=None)
     sw.add_argument("--trials", type=int, default=None)

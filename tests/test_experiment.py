@@ -77,7 +77,7 @@ def test_interrupted_run_resumes_to_the_same_report(cli_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_sweep_cli_files_and_resume(cli_run, tmp_path):
+def test_sweep_cli_files_and_resume(cli_run, tmp_path, capsys):
     out = str(tmp_path / "sweep")
     args = ["sweep", "--out", out, "--quick", "--seeds", "1", "--steps", str(STEPS),
             "--no-progress"]
@@ -116,6 +116,23 @@ def test_sweep_cli_files_and_resume(cli_run, tmp_path):
     assert cli.main(args + ["--resume"]) == 0
     with open(os.path.join(out, "runs.jsonl")) as f:
         assert f.read().splitlines() == lines
+    # The births-aware variant re-analyses the same training (the cache), as new runs.
+    capsys.readouterr()
+    assert cli.main(args + ["--resume", "--tracker", "births"]) == 0
+    log = capsys.readouterr().out
+    assert "loaded the training results" in log and "trained sgd" not in log
+    with open(os.path.join(out, "runs.jsonl")) as f:
+        after = f.read().splitlines()
+    assert after[: len(lines)] == lines and len(after) == 2 * len(lines)
+    for r in map(json.loads, after[len(lines):]):
+        assert r["config"]["tracker"] == "births" and r["error"] is None
+        assert {"births", "deaths", "followed_equilibrium"} <= set(r["curves"])
+        assert all(b["event"] in ("branch", "birth", "death") for b in r["bifurcations"])
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    assert len(summary["groups"]) == 2 * len(rates)
+    assert {t.get("tracker") for t in summary["tasks"]} == {None, "births"}
+    assert cli.main(["sweep", "--out", out, "--task", "fold", "--tracker", "initial"]) == 2
 
 
 def test_config_validation():

@@ -44,6 +44,21 @@ def test_config_tasks_and_backward_compatible_dict():
         StudentTeacherConfig(task="flip")
 
 
+def test_config_tracker_is_analysis_only():
+    pitch = StudentTeacherConfig(student="independent")
+    births = dataclasses.replace(pitch, tracker="births")
+    assert "tracker" not in pitch.to_dict() and births.to_dict()["tracker"] == "births"
+    assert not pitch.tracks_births and births.tracks_births
+    assert StudentTeacherConfig(task="fold").tracks_births
+    # A different run and group, the same training (cache key); old cache keys are unchanged.
+    assert births.group_key() != pitch.group_key()
+    assert births.training_key() == pitch.training_key() == pitch.group_key()
+    with pytest.raises(ValueError, match="`tracker`"):
+        StudentTeacherConfig(tracker="all")
+    with pytest.raises(ValueError, match="`tracker`"):
+        StudentTeacherConfig(task="fold", tracker="initial")
+
+
 # ---------------------------------------------------------------------------------------------
 # Set-ups: the teacher is past the bifurcation, the student before it.
 

@@ -214,7 +214,7 @@ def analyse_run(
 
     followed_states = None
     followed = "initial"
-    if len(eval_steps) >= 2 and cfg.task == "pitchfork":
+    if len(eval_steps) >= 2 and not cfg.tracks_births:
         track, lam_c = critical_eigenvalues(sgd["history"], student, eval_steps)
         # In the order the followed equilibrium meets them (the tracker's path order; in an
         # S-shaped interval the fold where it dies comes before the other one).
@@ -229,7 +229,7 @@ def analyse_run(
     bif_list = [{"kind": _kind(b), "step": float(b.parameter) * cfg.eval_every,
                  "direction": int(b.direction), "located": bool(b.located),
                  **({"event": "birth" if any(b is x for x in births) else
-                     "death" if b.branch < 0 else "branch"} if cfg.task != "pitchfork" else {})}
+                     "death" if b.branch < 0 else "branch"} if cfg.tracks_births else {})}
                 for b in crossings]
     cross_steps = [d["step"] for d in bif_list]
     has = bool(crossings)
@@ -275,7 +275,7 @@ def analyse_run(
             c3_args["overlap_points"].append(float(s_i.dominant_overlap))
         # C4: the reduced equation along the critical eigenvector, driven by each trial's
         # projected trajectory on a fine grid.
-        if kind == "hopf" and cfg.task != "pitchfork":
+        if kind == "hopf" and cfg.tracks_births:
             c4_hopf_args = _hopf_c4_args(cfg, seed_setup, model_c, spec, first, u_tree, response)
         x_star = np.asarray(first.state)
         q = np.real(np.asarray(first.right_eigenvector))
@@ -371,7 +371,7 @@ def analyse_run(
         # Failed eigenbasis refreshes of the natural-gradient run (each kept the previous basis).
         "ng_refresh_failures": int(ng.get("refresh_failures", 0)),
     }
-    if cfg.task != "pitchfork":
+    if cfg.tracks_births:
         curves["followed_equilibrium"] = followed
         curves["births"] = [float(b.parameter) * cfg.eval_every for b in births]
         curves["deaths"] = [] if track is None else [

@@ -29,6 +29,10 @@ _HOPF_FREQUENCY = ("fixed", "trained")
 # run keeps the configuration (run id, cache key) it had before these tasks existed.
 _TASK_FIELDS = ("hopf_frequency", "teacher_bias", "teacher_frequency", "student_frequency")
 _PR_METHODS = ("auto", "exact", "matfree")
+_TRACKERS = ("initial", "births")
+# Fields that change the analysis only: left out of the training cache key
+# (`StudentTeacherConfig.training_key`), so a variant re-analyses the same training.
+_ANALYSIS_FIELDS = ("tracker",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +57,12 @@ class StudentTeacherConfig:
         is not trained) or `"trained"` (it starts at `student_frequency` and is trained).
     - `teacher_bias` (fold; default 0.15), `teacher_frequency` (Hopf; default 1.0),
         `student_frequency` (Hopf, trained frequency; default 0.7).
+    - `tracker`: which equilibria the analysis follows. `"initial"` (the default for the
+        pitchfork task): the student's initial equilibrium only. `"births"` (always used by the
+        fold and Hopf tasks; for the pitchfork task the pre-registered births-aware variant):
+        trajectory-seeded equilibria too, so saddle-node births and deaths of other equilibria
+        are crossings as well (`docs/student_teacher_protocol.md`). Analysis only: the
+        training, and its cache, are those of the default.
 
     **Sizes:** `hidden` (N), `outputs` (observed units), `trials`, `times` observation times on
     [`t_start`, `t_end`] (`t_start` default `t_end / times`), input pulses on [0, `pulse_end`].
@@ -85,6 +95,7 @@ class StudentTeacherConfig:
     teacher_bias: float | None = None
     teacher_frequency: float | None = None
     student_frequency: float | None = None
+    tracker: str | None = None
     learning_rate: float = 0.5
     learning_rates: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
     steps: int = 120
@@ -119,6 +130,9 @@ class StudentTeacherConfig:
         check("trainable", self.task != "hopf" or self.trainable is None,
               "None for the Hopf task (it trains gain, bulk, U and, if trained, omega)")
         check("pr_method", self.pr_method in _PR_METHODS, f"one of {_PR_METHODS}")
+        check("tracker", self.tracker in (None,) + _TRACKERS, f"None or one of {_TRACKERS}")
+        check("tracker", self.tracker != "initial" or self.task == "pitchfork",
+              "None or \"births\" for the fold and Hopf tasks (they always track births)")
         for name in ("hidden", "outputs", "trials", "times", "steps", "eval_every", "rank",
                      "refresh_every", "top_k", "landscape_points"):
             value = getattr(self, name)
@@ -168,6 +182,11 @@ class StudentTeacherConfig:
         return 0.7 if self.student_frequency is None else float(self.student_frequency)
 
     @property
+    def tracks_births(self) -> bool:
+        """Whether the analysis tracks births and deaths (`tracker` with its default)."""
+        return self.task != "pitchfork" or self.tracker == "births"
+
+    @property
     def task_label(self) -> str:
         """`pitchfork`, `fold`, `hopf_fixed` or `hopf_trained` (the summary's task groups)."""
         return f"hopf_{self.frequency_mode}" if self.task == "hopf" else self.task
@@ -193,7 +212,7 @@ class StudentTeacherConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["learning_rates"] = list(self.learning_rates)
-        for name in _TASK_FIELDS:
+        for name in _TASK_FIELDS + _ANALYSIS_FIELDS:
             if d[name] is None:
                 d.pop(name)
         return d
@@ -208,3 +227,9 @@ class StudentTeacherConfig:
 
     def group_key(self) -> str:
         return hashlib.sha1(json.dumps(self.group(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def training_key(self) -> str:
+        """`group_key` without the analysis-only fields (`tracker`): the training cache's key,
+        so an analysis variant reuses the training of its default."""
+        g = {k: v for k, v in self.group().items() if k not in _ANALYSIS_FIELDS}
+        return hashlib.sha1(json.dumps(g, sort_keys=True).encode()).hexdigest()[:12]

@@ -304,11 +304,12 @@ def _summarise_tasks(records: Iterable[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         c = r["config"]
-        key = (_task_label(c), c.get("student"), c.get("hidden"), c.get("learning_rate"))
+        key = (_task_label(c), c.get("student"), c.get("hidden"), c.get("learning_rate"),
+               c.get("tracker"))
         groups.setdefault(key, []).append(r)
     out = []
-    for (task, student, hidden, lr), recs in sorted(groups.items(), key=lambda kv: json.dumps(
-            kv[0])):
+    for (task, student, hidden, lr, tracker), recs in sorted(
+            groups.items(), key=lambda kv: json.dumps(kv[0])):
         intended = INTENDED_KIND[task]
         ranks: dict[str, int] = {}
         for r in recs:
@@ -316,6 +317,7 @@ def _summarise_tasks(records: Iterable[dict]) -> list[dict]:
             ranks[k] = ranks.get(k, 0) + 1
         out.append({
             "task": task, "student": student, "hidden": hidden, "learning_rate": lr,
+            **({"tracker": tracker} if tracker is not None else {}),
             "runs": len(recs),
             "criteria": {name: C.criterion_stats(
                 [r["criteria"].get(name, {}).get("pass") for r in recs]) for name in CRITERIA},
@@ -377,7 +379,7 @@ def run_sweep(
             todo = [s for s in seeds if any(
                 not done(dataclasses.replace(cfg, seed=s, learning_rate=lr).to_dict())
                 for lr in cfg.learning_rates)]
-            cache = os.path.join(out_dir, "cache", f"{cfg.group_key()}-seeds-"
+            cache = os.path.join(out_dir, "cache", f"{cfg.training_key()}-seeds-"
                                  f"{'_'.join(str(s) for s in todo)}.npz")
             os.makedirs(os.path.dirname(cache), exist_ok=True)
             if not resume and os.path.exists(cache):

@@ -128,8 +128,9 @@ def _criterion(record: dict, name: str) -> dict:
 
 
 def _group_cells(config: dict, seeds: Sequence[Any]) -> list[str]:
+    tracker = config.get("tracker")
     return [
-        str(config.get("student", "–")),
+        str(config.get("student", "–")) + (f" (tracker: {tracker})" if tracker else ""),
         _trainable(config),
         _fmt(config.get("hidden")),
         _fmt(config.get("teacher_gain")),
@@ -165,14 +166,15 @@ def _stat_cell(stats: dict | None) -> str:
 
 def _task_section(tasks: list[dict]) -> list[str]:
     """Per task (and student, N, rate): the intended-kind rate, channel ranks and criteria."""
-    if not tasks or all(t.get("task") == "pitchfork" for t in tasks):
+    if not tasks or all(t.get("task") == "pitchfork" and not t.get("tracker") for t in tasks):
         return []
     head = ["task", "student", "N", "lr", "runs", "first kind = intended", "channel rank"]
     head += [_SHORT[n] for n in _CRITERIA]
     rows = []
     for t in tasks:
         ranks = ", ".join(f"{k}: {v}" for k, v in sorted((t.get("channel_ranks") or {}).items()))
-        rows.append([str(t.get("task")), str(t.get("student")), _fmt(t.get("hidden")),
+        task = str(t.get("task")) + (f" (tracker: {t['tracker']})" if t.get("tracker") else "")
+        rows.append([task, str(t.get("student")), _fmt(t.get("hidden")),
                      _fmt(t.get("learning_rate")), str(t.get("runs")),
                      f"{t.get('intended_kind')}: {_stat_cell(t.get('intended_kind_first'))}",
                      ranks or "–"] + [_stat_cell((t.get("criteria") or {}).get(n))

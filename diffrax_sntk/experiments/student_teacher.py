@@ -92,7 +92,7 @@ def run_student_teacher(
     cache = None
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
-        cache = os.path.join(out_dir, f"training-{cfg.group_key()}-{cfg.seed}.npz")
+        cache = os.path.join(out_dir, f"training-{cfg.training_key()}-{cfg.seed}.npz")
         meta = os.path.join(out_dir, "checkpoint.json")
         if not resume and os.path.exists(cache):
             os.remove(cache)
