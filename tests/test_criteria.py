@@ -415,3 +415,34 @@ def test_c6_cost():
     assert cr.c6_cost(sgd_times=sgd, ng_times=1.5 * sgd)["pass"] is False
     with pytest.raises(ValueError, match="`ng_times`"):
         cr.c6_cost(sgd_times=sgd, ng_times=np.array([]))
+
+
+def test_c6_timing_interleaves_the_optimizers(monkeypatch):
+    # The step is replaced by a recorder (nothing compiles): SGD and NG steps must alternate, so
+    # that both see the same machine load, and a diverged optimizer stops while the other goes on.
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    from diffrax_sntk.experiments import StudentTeacherConfig, _run
+
+    cfg = StudentTeacherConfig.preset("quick", steps=6)
+    calls = []
+
+    def step(cfg_, name, lr, p, s, static, problem, target):
+        calls.append(name)
+        diverged = name.startswith("ng") and calls.count(name) == 4
+        return p, s, jnp.asarray(jnp.inf if diverged else 1.0)
+
+    monkeypatch.setattr(_run, "_timed_step", step)
+    # A stand-in batch of one seed (no teacher simulation to compile): the recorder never reads
+    # the target's values, only its size.
+    student = _run._template(cfg)
+    batch = _run.Setup(student, student, jnp.zeros((cfg.trials, cfg.hidden)),
+                       jnp.zeros((cfg.trials, cfg.times, cfg.outputs)))
+    batch = jax.tree_util.tree_map(lambda x: x[None] if eqx.is_array(x) else x, batch)
+    times = _run.time_steps(cfg, batch)
+    ng = _run.ng_name(cfg)
+    assert calls[:8] == ["sgd", ng] * 4 and calls[8:] == ["sgd"] * 3
+    assert len(times["sgd"]) == cfg.steps and len(times["ng"]) == 3  # the compiling call dropped
+    assert all(t > 0 for t in times["sgd"] + times["ng"])

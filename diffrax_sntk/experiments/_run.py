@@ -313,30 +313,38 @@ def time_steps(cfg: StudentTeacherConfig, batch: Setup, seed_index: int = 0):
     """Wall time of each compiled training step of SGD and of the natural gradient (the
     configuration's rank) for one seed at the configuration's learning rate, refresh steps
     included. **Returns:** `{"sgd": [...], "ng": [...]}` in seconds, the compiling first call
-    dropped."""
+    dropped.
+
+    The two optimizers' steps alternate (SGD step k, then NG step k), so both are timed under
+    the same machine load. Timed as two blocks, one after the other, the ratio (C6) of one
+    configuration ranged from 1.11× to 3.35× over four invocations while other jobs shared the
+    cores.
+    """
     one = jax.tree_util.tree_map(lambda x: x[seed_index], batch)
     problem = make_problem(cfg, one.y0)
     spec = param_spec(cfg, one.student)
     params, static = eqx.partition(one.student, spec)
     lr = jnp.asarray(cfg.learning_rate, dtype=jnp.result_type(float))
-    out = {}
-    for label, name in (("sgd", "sgd"), ("ng", ng_name(cfg))):
-        opt = make_optimizer(name, lr, cfg, one.target.size)
-        p, s = params, opt.init(params)
-        times = []
-        for _ in range(cfg.steps + 1):
+    names = {"sgd": "sgd", "ng": ng_name(cfg)}
+    opts = {label: make_optimizer(name, lr, cfg, one.target.size) for label, name in names.items()}
+    state = {label: (params, opts[label].init(params)) for label in names}
+    times: dict[str, list[float]] = {label: [] for label in names}
+    running = set(names)
+    for _ in range(cfg.steps + 1):
+        for label in [x for x in names if x in running]:
+            p, s = state[label]
             t = time.perf_counter()
-            p_new, s_new, loss = _timed_step(canonical(cfg), name, lr, p, s, static, problem,
-                                             one.target)
+            p_new, s_new, loss = _timed_step(canonical(cfg), names[label], lr, p, s, static,
+                                             problem, one.target)
             jax.block_until_ready(loss)
-            times.append(time.perf_counter() - t)
+            times[label].append(time.perf_counter() - t)
             leaves = jax.tree_util.tree_leaves(p_new)
             if not np.isfinite(float(loss)) or not all(
                     bool(jnp.all(jnp.abs(x) <= _PARAM_BOUND)) for x in leaves):
-                break  # diverged (as in `train`): the steps so far are the timing sample
-            p, s = p_new, s_new
-        out[label] = times[1:]
-    return out
+                running.discard(label)  # diverged (as in `train`): its steps so far are the sample
+            else:
+                state[label] = (p_new, s_new)
+    return {label: t[1:] for label, t in times.items()}
 
 
 @eqx.filter_jit
