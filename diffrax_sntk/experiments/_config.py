@@ -95,7 +95,6 @@ class StudentTeacherConfig:
     teacher_bias: float | None = None
     teacher_frequency: float | None = None
     student_frequency: float | None = None
-    tracker: str | None = None
     learning_rate: float = 0.5
     learning_rates: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
     steps: int = 120
@@ -108,6 +107,8 @@ class StudentTeacherConfig:
     rtol: float = 1e-6
     atol: float = 1e-8
     seed: int = 0
+    # Last, so that positional construction of the fields above is unchanged.
+    tracker: str | None = None
 
     def __post_init__(self):
         def check(name, ok, what):

@@ -317,8 +317,8 @@ def time_steps(cfg: StudentTeacherConfig, batch: Setup, seed_index: int = 0):
 
     The two optimizers' steps alternate (SGD step k, then NG step k), so both are timed under
     the same machine load. Timed as two blocks, one after the other, the ratio (C6) of one
-    configuration ranged from 1.11× to 3.35× over four invocations while other jobs shared the
-    cores.
+    configuration ranged from 1.11× to 3.35× over five invocations while other jobs shared the
+    cores (`benchmarks/c6_timing.py` compares the two ways).
     """
     one = jax.tree_util.tree_map(lambda x: x[seed_index], batch)
     problem = make_problem(cfg, one.y0)
