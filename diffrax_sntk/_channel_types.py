@@ -32,10 +32,13 @@ class ChannelSplit(eqx.Module):
     - `channel_rank`: the numerical rank of Θ_bif: the number of `channel_eigenvalues` at least
         `channel_rank_tol` times the largest (0 when Θ_bif = 0). Unlike `rank` (how many
         independent parameter directions span U), it counts the *responses* J U that are of
-        comparable size: 1 at a fold or pitchfork (the forcing response dominates the
-        eigenvalue one near the crossing), 2 at a Hopf whose frequency is trained (dz/dμ and
-        dz/dω orthogonal and of equal norm). `channel_rank_tol` is on the parent
-        `BifurcationChannels`.
+        comparable size: the theory expects 1 at a fold or pitchfork (the forcing response
+        dominates the eigenvalue one near the crossing) and 2 at a Hopf whose frequency is
+        trained (dz/dμ and dz/dω orthogonal and of equal norm). The rank also depends on the
+        trials: in a CTRNN both real channel directions force the state along the same left
+        vector w, so trials at rest always give 1, and trials that move by O(1) through the
+        fold region can give 2 (measured: `docs/fold_hopf_tasks.md`, "fold-channel probe").
+        `channel_rank_tol` is on the parent `BifurcationChannels`.
     """
 
     bifurcation: PairedLinearOperator
