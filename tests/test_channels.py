@@ -302,6 +302,26 @@ def test_split_sums_to_theta(ctrnn_case):
     assert np.max(np.abs(np.asarray(U @ U.T) - np.diag([1.0, 1.0, 0.0, 0.0]))) < 1e-12
 
 
+def test_ctrnn_channel_is_rank_one_for_trials_at_rest():
+    # In a CTRNN both real channel directions are outer products with the left vector w
+    # (δW ∝ w φ(x*)ᵀ, δb ∝ w; δW ∝ w (φ′(x*) ∘ v)ᵀ), so a trial at rest is forced along w by
+    # both with constant profiles: the two responses are proportional and Θ_bif is exactly
+    # rank one, wherever the trial sits. Control: the same split with moving trials has a
+    # second channel eigenvalue (why the learned fold births measure rank 2:
+    # docs/fold_hopf_tasks.md, "fold-channel probe").
+    model = _ctrnn(-0.05)
+    x, ok = _fixed_point(model)
+    assert bool(ok)
+    run = eqx.filter_jit(ds.bifurcation_channels)
+    rest = eqx.tree_at(lambda p: p.y0, _ctrnn_problem, jnp.tile(x, (2, 1)))
+    at_rest, moving = run(model, rest, x), run(model, _ctrnn_problem, x)
+    assert int(at_rest.rank) == int(moving.rank) == 2
+    vals = np.asarray(at_rest.channel_eigenvalues)
+    assert int(at_rest.channel_rank) == 1 and vals[1] < 1e-20 * vals[0]
+    vals = np.asarray(moving.channel_eigenvalues)
+    assert vals[1] > 1e-3 * vals[0]
+
+
 def test_bad_inputs_warn(ctrnn_case):
     model, x, _, _ = ctrnn_case[-1]
     # Not a fixed point: the split is still computed, with a warning.
