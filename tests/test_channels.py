@@ -303,23 +303,35 @@ def test_split_sums_to_theta(ctrnn_case):
 
 
 def test_ctrnn_channel_is_rank_one_for_trials_at_rest():
-    # In a CTRNN both real channel directions are outer products with the left vector w
-    # (δW ∝ w φ(x*)ᵀ, δb ∝ w; δW ∝ w (φ′(x*) ∘ v)ᵀ), so a trial at rest is forced along w by
-    # both with constant profiles: the two responses are proportional and Θ_bif is exactly
-    # rank one, wherever the trial sits. Control: the same split with moving trials has a
-    # second channel eigenvalue (why the learned fold births measure rank 2:
-    # docs/fold_hopf_tasks.md, "fold-channel probe").
-    model = _ctrnn(-0.05)
-    x, ok = _fixed_point(model)
-    assert bool(ok)
+    # For a real critical eigenvalue of a CTRNN both channel directions force a trial along the
+    # left vector w (g_f: δW ∝ w φ(x*)ᵀ, δb ∝ w; ∇λ_c: δW ∝ w (φ′(x*) ∘ v)ᵀ), with scalar
+    # profiles c_f(t), c_λ(t) set by the trial's state. Trials resting together at one state
+    # have constant profiles with one ratio: the responses are proportional and Θ_bif is exactly
+    # rank one, at the split point or anywhere else. Controls: trials resting at two different
+    # equilibria, and moving trials, have a second channel eigenvalue of comparable size (rank
+    # 2). Why the learned fold births measure rank 2: docs/fold_hopf_tasks.md, "fold-channel
+    # probe". μ = 0.3: a saddle x₀ near the origin (λ_c = 0.3, real) between two attractors x±.
+    model = _ctrnn(0.3)
+    q, _ = jnp.linalg.qr(jr.normal(jr.PRNGKey(3), (N, N)))
+    starts = jnp.stack([jnp.zeros(N), 2 * q[:, 0], -2 * q[:, 0]])
+    fps = ds.find_fixed_points(lambda x, m: m(0.0, x, None), model, starts)
+    assert bool(jnp.all(fps.converged))
+    x0, xp, xm = fps.states
+    assert float(jnp.linalg.norm(xp - xm)) > 1.0
     run = eqx.filter_jit(ds.bifurcation_channels)
-    rest = eqx.tree_at(lambda p: p.y0, _ctrnn_problem, jnp.tile(x, (2, 1)))
-    at_rest, moving = run(model, rest, x), run(model, _ctrnn_problem, x)
-    assert int(at_rest.rank) == int(moving.rank) == 2
-    vals = np.asarray(at_rest.channel_eigenvalues)
-    assert int(at_rest.channel_rank) == 1 and vals[1] < 1e-20 * vals[0]
-    vals = np.asarray(moving.channel_eigenvalues)
-    assert vals[1] > 1e-3 * vals[0]
+
+    def ratio_and_rank(y0):
+        split = run(model, eqx.tree_at(lambda p: p.y0, _ctrnn_problem, y0), x0)
+        assert int(split.rank) == 2
+        vals = np.asarray(split.channel_eigenvalues)
+        return vals[1] / vals[0], int(split.channel_rank)
+
+    for at_rest in ([x0, x0], [xp, xp]):
+        ratio, rank = ratio_and_rank(jnp.stack(at_rest))
+        assert rank == 1 and ratio < 1e-20
+    for control in (jnp.stack([xp, xm]), _ctrnn_problem.y0):
+        ratio, rank = ratio_and_rank(control)
+        assert rank == 2 and ratio > 0.3
 
 
 def test_bad_inputs_warn(ctrnn_case):
