@@ -36,8 +36,8 @@ class ChannelSplit(eqx.Module):
         dominates the eigenvalue one near the crossing) and 2 at a Hopf whose frequency is
         trained (dz/dμ and dz/dω orthogonal and of equal norm). The rank also depends on the
         trials: in a CTRNN both real channel directions force the state along the same left
-        vector w, so trials at rest always give 1, and trials that move by O(1) through the
-        fold region can give 2 (measured: `docs/fold_hopf_tasks.md`, "fold-channel probe").
+        vector w, so trials resting together at one state give exactly 1, and trials that
+        move by O(1) through the fold region can give 2 (measured: `docs/fold_hopf_tasks.md`, "fold-channel probe").
         `channel_rank_tol` is on the parent `BifurcationChannels`.
     """
 

@@ -6,6 +6,11 @@ after the first run of O, P, H, A (exploratory). Run from the repository root on
 
     python docs/results/fold_channel_probe/probe.py RUNS_JSONL CACHE_NPZ OUT_JSON
     python docs/results/fold_channel_probe/verdict.py OUT_JSON
+
+With `--amplitude` after OUT_JSON it runs the exploratory follow-up instead, chosen after the
+pre-registered probe had been run: the trials' own start (O), the same without input (O0), and
+trials started at the fold point with the input pulses scaled by 1, 0.3, 0.1, 0.03, 0.01 (P,
+P0.3, ...).
 """
 import dataclasses, json, sys, time
 import jax
@@ -18,6 +23,7 @@ from diffrax_sntk.experiments._task_analysis import task_events
 from diffrax_sntk.experiments._analysis import _interpolate, _split, _simulate
 
 runs_path, cache_path, out_path = sys.argv[1:4]
+AMPLITUDE = "--amplitude" in sys.argv[4:]
 runs = [json.loads(l) for l in open(runs_path)]
 seeds = [int(x) for x in cache_path.rsplit("seeds-", 1)[1].removesuffix(".npz").split("_")]
 c0 = runs[0]["config"]
@@ -64,10 +70,15 @@ for r in runs:
     probes = {"O": np.asarray(ss.y0), "P": np.tile(x_star, (cfg.trials, 1)),
               "H": np.tile(x_star + 0.5 * (x_a - x_star), (cfg.trials, 1)),
               "A": np.tile(x_a, (cfg.trials, 1))}
-    for name, y0 in list(probes.items()) + [("P0", probes["P"]), ("A0", probes["A"])]:
+    if AMPLITUDE:
+        variants = [("O", probes["O"], 1.0), ("O0", probes["O"], 0.0)] + [
+            (f"P{eps}" if eps != 1.0 else "P", probes["P"], eps) for eps in (1.0, 0.3, 0.1, 0.03, 0.01)]
+    else:
+        variants = [(k, y0, 1.0) for k, y0 in probes.items()] + [
+            ("P0", probes["P"], 0.0), ("A0", probes["A"], 0.0)]
+    for name, y0, eps in variants:
         pr_ = make_problem(cfg, jnp.asarray(y0))
-        if name.endswith("0"):
-            pr_ = eqx.tree_at(lambda q: q.inputs, pr_, jnp.zeros_like(pr_.inputs))
+        pr_ = eqx.tree_at(lambda q: q.inputs, pr_, eps * pr_.inputs)
         sp = _split(model_c, pr_, crit, spec)
         ev_ = np.asarray(sp.channel_eigenvalues)
         rec[name] = {"rank": int(sp.channel_rank), "ratio": float(ev_[1] / ev_[0]) if ev_[0] > 0 else None,
