@@ -315,6 +315,11 @@ def time_steps(cfg: StudentTeacherConfig, batch: Setup, seed_index: int = 0):
     included. **Returns:** `{"sgd": [...], "ng": [...]}` in seconds, the compiling first call
     dropped.
 
+    The rate is `cfg.learning_rate`; the sweep passes its group configuration, whose
+    `learning_rate` stays at the default (0.5) whatever `learning_rates` holds. Each optimizer
+    follows its own trajectory, so a step's cost also follows the solver steps its parameters
+    need (see "What C6 measures" in docs/fold_hopf_tasks.md).
+
     The two optimizers' steps alternate (SGD step k, then NG step k), so both are timed under
     the same machine load. Timed as two blocks, one after the other, the ratio (C6) of one
     configuration ranged from 1.11× to 3.35× over five invocations while other jobs shared the
