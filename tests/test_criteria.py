@@ -415,6 +415,28 @@ def test_c6_cost():
     assert cr.c6_cost(sgd_times=sgd, ng_times=1.5 * sgd)["pass"] is False
     with pytest.raises(ValueError, match="`ng_times`"):
         cr.c6_cost(sgd_times=sgd, ng_times=np.array([]))
+    assert "per_solver_step_ratio" not in res and "timed_rate" not in res
+
+
+def test_c6_per_solver_step_ratio():
+    # NG steps 1.5x as slow as SGD's, but SGD's trajectory needs twice the solver steps: the
+    # raw ratio passes (0.75) while per solver step NG costs 3x SGD (reported, not scored).
+    sgd, ng = np.full(4, 0.02), np.full(4, 0.015)
+    res = cr.c6_cost(sgd_times=sgd, ng_times=ng, sgd_solver_steps=[200] * 4,
+                     ng_solver_steps=[50] * 4, timed_rate=0.3)
+    assert res["pass"] is True and res["value"] == pytest.approx(0.75)
+    assert res["per_solver_step_ratio"] == pytest.approx(3.0)
+    assert res["sgd_solver_steps_median"] == 200 and res["ng_solver_steps_median"] == 50
+    assert res["timed_rate"] == 0.3
+    _dumps(res)
+    with pytest.raises(ValueError, match="together"):
+        cr.c6_cost(sgd_times=sgd, ng_times=ng, sgd_solver_steps=[200] * 4)
+    with pytest.raises(ValueError, match="`ng_solver_steps`.*as long as the times"):
+        cr.c6_cost(sgd_times=sgd, ng_times=ng, sgd_solver_steps=[200] * 4,
+                   ng_solver_steps=[50] * 3)
+    with pytest.raises(ValueError, match="`sgd_solver_steps`"):
+        cr.c6_cost(sgd_times=sgd, ng_times=ng, sgd_solver_steps=[0] * 4,
+                   ng_solver_steps=[50] * 4)
 
 
 def test_c6_timing_interleaves_the_optimizers(monkeypatch):
@@ -446,3 +468,69 @@ def test_c6_timing_interleaves_the_optimizers(monkeypatch):
     assert calls[:8] == ["sgd", ng] * 4 and calls[8:] == ["sgd"] * 3
     assert len(times["sgd"]) == cfg.steps and len(times["ng"]) == 3  # the compiling call dropped
     assert all(t > 0 for t in times["sgd"] + times["ng"])
+    assert set(times) == {"sgd", "ng"}
+
+
+def test_c6_timing_rate_and_solver_steps(monkeypatch):
+    # The rate to time at reaches every step (not the configuration's default), and the solver
+    # steps are recorded before each step, aligned with the times.
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    from diffrax_sntk.experiments import StudentTeacherConfig, _run
+
+    cfg = StudentTeacherConfig.preset("quick", steps=3)
+    rates, counted = [], []
+
+    def step(cfg_, name, lr, p, s, static, problem, target):
+        rates.append(float(lr))
+        return p, s, jnp.asarray(1.0)
+
+    def solver_steps(p, static, problem):
+        counted.append(1)
+        return jnp.asarray(100 + len(counted))
+
+    monkeypatch.setattr(_run, "_timed_step", step)
+    monkeypatch.setattr(_run, "_solver_steps", solver_steps)
+    student = _run._template(cfg)
+    batch = _run.Setup(student, student, jnp.zeros((cfg.trials, cfg.hidden)),
+                       jnp.zeros((cfg.trials, cfg.times, cfg.outputs)))
+    batch = jax.tree_util.tree_map(lambda x: x[None] if eqx.is_array(x) else x, batch)
+    out = _run.time_steps(cfg, batch, learning_rate=0.3, solver_steps=True)
+    assert cfg.learning_rate != 0.3 and set(rates) == {0.3}
+    assert out["sgd_solver_steps"] == [103, 105, 107] and out["ng_solver_steps"] == [104, 106, 108]
+    assert len(out["sgd"]) == len(out["sgd_solver_steps"]) == cfg.steps
+    # Negative control: without `solver_steps` nothing is counted.
+    counted.clear()
+    assert set(_run.time_steps(cfg, batch, learning_rate=0.3)) == {"sgd", "ng"} and not counted
+    for bad in (0.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="`learning_rate`"):
+            _run.time_steps(cfg, batch, learning_rate=bad)
+
+
+def test_training_cache_keeps_timings_per_rate(tmp_path):
+    # The sweep's cache round-trips one timing per rate; a cache written before the session-9
+    # amendment (one timing, at no recorded rate) reads back in its old form.
+    import jax.numpy as jnp
+    import jax
+
+    from diffrax_sntk.experiments import _sweep
+
+    treedef = jax.tree_util.tree_structure({"W": 0})
+    hist = {"sgd": {"W": jnp.ones((1, 1, 3, 2))}}
+    args = ({"sgd": np.ones((1, 1, 3))}, hist, {"sgd": np.zeros((1, 1))}, np.ones((1, 1, 2)),
+            np.ones((1, 1, 2, 3)), np.ones((1, 1, 1)))
+    timings = {lr: {"sgd": [0.1, 0.2], "ng": [0.3, 0.3], "sgd_solver_steps": [100, 120],
+                    "ng_solver_steps": [90, 95], "learning_rate": lr} for lr in (0.1, 0.3)}
+    timings[0.5] = {"error": "timing failed"}  # not cached: timed again on resume
+    path = str(tmp_path / "c.npz")
+    _sweep._save_training(path, *args, timings)
+    loaded = _sweep._load_training(path, treedef)[-1]
+    assert loaded == {lr: timings[lr] for lr in (0.1, 0.3)}
+    with np.load(path) as z:
+        arrays = dict(z)
+    for k in [k for k in arrays if k.startswith("time")]:
+        del arrays[k]
+    np.savez(path, time_sgd=np.array([0.1]), time_ng=np.array([0.2]), **arrays)
+    assert _sweep._load_training(path, treedef)[-1] == {"sgd": [0.1], "ng": [0.2]}

@@ -96,6 +96,11 @@ def test_sweep_cli_files_and_resume(cli_run, tmp_path, capsys):
             assert c["value"] is None or isinstance(c["value"], (int, float))
         for b in r["bifurcations"]:
             assert {"kind", "step"} <= set(b)
+        # C6 timed at the run's own rate, with solver steps (protocol amendment, session 9).
+        c6 = r["criteria"]["C6_cost"]
+        assert c6["timed_rate"] == r["config"]["learning_rate"]
+        assert c6["per_solver_step_ratio"] > 0 and c6["sgd_solver_steps_median"] >= 1
+    assert len({r["criteria"]["C6_cost"]["sgd_mean"] for r in runs}) == len(rates)
     # The quick reproduce run is the sweep's run at rate 0.5, seed 0: the same analysis.
     _, reference = cli_run
     same = next(r for r in runs if r["config"]["learning_rate"] == 0.5)

@@ -122,13 +122,20 @@ def test_c6_counts_distinct_timings():
     for r, (ng, sgd, ok) in zip(records, timings, strict=True):
         r["criteria"]["C6_cost"].update(value=ng / sgd, ng_mean=ng, sgd_mean=sgd, **{"pass": ok})
     summary = summarise(records)
-    assert summary["groups"][0]["c6_timings"] == {"count": 2, "passes": 1, "values": [1.1, 1.4]}
+    assert summary["groups"][0]["c6_timings"] == {"count": 2, "passes": 1, "values": [1.1, 1.4],
+                                                "per_solver_step": []}
     assert summary["groups"][0]["criteria"]["C6_cost"]["passes"] == 3
     md = summary_markdown(summary, records)
     assert "#1: 1 of 2 pass (1.1, 1.4)" in md
+    # Timed under the session-9 amendment: the per-solver-step ratio is listed too.
+    records[3]["criteria"]["C6_cost"]["per_solver_step_ratio"] = 1.9
+    summary = summarise(records)
+    assert summary["groups"][0]["c6_timings"]["per_solver_step"] == [1.9]
+    assert "#1: 1 of 2 pass (1.1, 1.4; per solver step 1.9)" in summary_markdown(summary, records)
     # Runs without timing details (an errored C6) count no timing.
     bare = summarise([_record(0, 0.1, True)])
-    assert bare["groups"][0]["c6_timings"] == {"count": 0, "passes": 0, "values": []}
+    assert bare["groups"][0]["c6_timings"] == {"count": 0, "passes": 0, "values": [],
+                                                 "per_solver_step": []}
 
 
 def test_branch_lost_step():

@@ -184,7 +184,7 @@ def analyse_run(
     sgd: dict,
     ng: dict,
     baselines: dict[str, dict[float, np.ndarray]],
-    timings: dict[str, list[float]],
+    timings: dict[str, Any],
     stable_rates: dict[str, float],
     *,
     landscape: bool = False,
@@ -193,7 +193,8 @@ def analyse_run(
 
     `sgd` and `ng` hold `losses` `(steps + 1,)`, `history` (parameters at every step), `pr` and
     `top` at the evaluation steps; `baselines[name][lr]` are loss curves of the C5 baselines;
-    `timings` the per-step wall times of C6; `stable_rates` 2/λ_max(GN) at the initial and the
+    `timings` the per-step wall times of C6 (`time_steps`' output, optionally with
+    `learning_rate`, the rate they were timed at); `stable_rates` 2/λ_max(GN) at the initial and the
     teacher parameters.
     """
     eval_steps = np.arange(0, cfg.steps + 1, cfg.eval_every)
@@ -324,7 +325,13 @@ def analyse_run(
     criteria["C5_optimizer"] = C.c5_optimizer(ng_losses=np.asarray(ng["losses"]),
                                               baseline_losses=baselines)
     try:
-        criteria["C6_cost"] = C.c6_cost(sgd_times=timings["sgd"], ng_times=timings["ng"])
+        if "error" in timings:
+            raise ValueError(timings["error"])
+        criteria["C6_cost"] = C.c6_cost(
+            sgd_times=timings["sgd"], ng_times=timings["ng"],
+            sgd_solver_steps=timings.get("sgd_solver_steps"),
+            ng_solver_steps=timings.get("ng_solver_steps"),
+            timed_rate=timings.get("learning_rate"))
     except ValueError as e:  # e.g. a diverged timing run: C6 alone is not assessable
         criteria["C6_cost"] = {"value": None, "pass": None, "note": f"error: {e}"}
     if diverged_at is not None:

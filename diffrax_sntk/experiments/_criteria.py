@@ -607,19 +607,43 @@ def c6_cost(
     sgd_times: Float[np.ndarray, " steps"],
     ng_times: Float[np.ndarray, " steps"],
     limit: float = 1.3,
+    sgd_solver_steps: Float[np.ndarray, " steps"] | None = None,
+    ng_solver_steps: Float[np.ndarray, " steps"] | None = None,
+    timed_rate: float | None = None,
 ) -> dict:
     """C6: NG's mean wall time per compiled step over SGD's is at most `limit`.
 
-    **Arguments:** per-step wall times after the compiling call (refresh steps included).
+    **Arguments:** per-step wall times after the compiling call (refresh steps included);
+    optionally the accepted solver steps of the forward solve before each timed step (aligned
+    with the times) and the learning rate the steps were timed at (protocol amendment of
+    session 9).
 
     **Returns:** the criterion dict, details `median_ratio`, `ng_mean`, `sgd_mean`, `ng_median`,
-    `sgd_median`.
+    `sgd_median`; with solver steps also `per_solver_step_ratio` = (Σ NG time / Σ NG solver
+    steps) / (Σ SGD time / Σ SGD solver steps) and each optimizer's median solver steps
+    (reported, not scored); with `timed_rate`, `timed_rate`.
     """
     sgd = _vector(sgd_times, "sgd_times")
     ng = _vector(ng_times, "ng_times")
     for name, a in (("sgd_times", sgd), ("ng_times", ng)):
         if len(a) == 0 or not np.all(np.isfinite(a)) or np.any(a <= 0):
             raise ValueError(f"`{name}` must be non-empty, finite and positive.")
+    extra: dict = {}
+    if (sgd_solver_steps is None) != (ng_solver_steps is None):
+        raise ValueError("`sgd_solver_steps` and `ng_solver_steps` must be given together.")
+    if sgd_solver_steps is not None:
+        for name, n, t in (("sgd_solver_steps", sgd_solver_steps, sgd),
+                           ("ng_solver_steps", ng_solver_steps, ng)):
+            n = _vector(n, name)
+            if n.shape != t.shape or not np.all(np.isfinite(n)) or np.any(n <= 0):
+                raise ValueError(f"`{name}` must be positive, finite and as long as the times "
+                                 f"({t.size}), got shape {n.shape}.")
+            extra[f"{name.split('_')[0]}_solver_steps_median"] = float(np.median(n))
+            extra[f"{name.split('_')[0]}_per_solver_step"] = float(t.sum() / n.sum())
+        extra["per_solver_step_ratio"] = (extra.pop("ng_per_solver_step")
+                                          / extra.pop("sgd_per_solver_step"))
+    if timed_rate is not None:
+        extra["timed_rate"] = float(timed_rate)
     value = float(ng.mean() / sgd.mean())
     return _result(
         value,
@@ -630,4 +654,5 @@ def c6_cost(
         sgd_mean=float(sgd.mean()),
         ng_median=float(np.median(ng)),
         sgd_median=float(np.median(sgd)),
+        **extra,
     )

@@ -23,6 +23,7 @@ import optax
 import diffrax_sntk as ds
 
 from .._misc import participation_ratio
+from .._replay import record_steps
 from ._config import StudentTeacherConfig
 from ._tasks import task_param_spec, task_setup
 
@@ -309,35 +310,47 @@ def evaluate(cfg: StudentTeacherConfig, history, batch: Setup, eval_steps, seeds
     return _evaluate(canonical(cfg), sub, valid, batch.student, batch.y0, keys)
 
 
-def time_steps(cfg: StudentTeacherConfig, batch: Setup, seed_index: int = 0):
+def time_steps(cfg: StudentTeacherConfig, batch: Setup, seed_index: int = 0, *,
+               learning_rate: float | None = None, solver_steps: bool = False):
     """Wall time of each compiled training step of SGD and of the natural gradient (the
-    configuration's rank) for one seed at the configuration's learning rate, refresh steps
-    included. **Returns:** `{"sgd": [...], "ng": [...]}` in seconds, the compiling first call
-    dropped.
+    configuration's rank) for one seed, refresh steps included.
 
-    The rate is `cfg.learning_rate`; the sweep passes its group configuration, whose
-    `learning_rate` stays at the default (0.5) whatever `learning_rates` holds. Each optimizer
-    follows its own trajectory, so a step's cost also follows the solver steps its parameters
-    need (see "What C6 measures" in docs/fold_hopf_tasks.md).
+    **Arguments:**
+    - `learning_rate`: the rate to time at; `None` uses `cfg.learning_rate`. The sweep times at
+      each rate of its grid (protocol amendment of session 9); before that it timed at
+      `cfg.learning_rate` of the group configuration, the default 0.5, which no run used.
+    - `solver_steps`: also record, before each step and outside the timed interval, the accepted
+      solver steps of the forward solve at that optimizer's current parameters (the largest over
+      the trials). Each optimizer follows its own trajectory, and a step's cost follows the
+      solver steps its parameters need (see "What C6 measures" in docs/fold_hopf_tasks.md).
+
+    **Returns:** `{"sgd": [...], "ng": [...]}` in seconds, the compiling first call dropped; with
+    `solver_steps`, also `"sgd_solver_steps"` and `"ng_solver_steps"`, aligned with the times.
 
     The two optimizers' steps alternate (SGD step k, then NG step k), so both are timed under
     the same machine load. Timed as two blocks, one after the other, the ratio (C6) of one
     configuration ranged from 1.11× to 3.35× over five invocations while other jobs shared the
     cores (`benchmarks/c6_timing.py` compares the two ways).
     """
+    rate = float(cfg.learning_rate if learning_rate is None else learning_rate)
+    if not (np.isfinite(rate) and rate > 0):
+        raise ValueError(f"`learning_rate` must be a finite positive number, got {rate!r}.")
     one = jax.tree_util.tree_map(lambda x: x[seed_index], batch)
     problem = make_problem(cfg, one.y0)
     spec = param_spec(cfg, one.student)
     params, static = eqx.partition(one.student, spec)
-    lr = jnp.asarray(cfg.learning_rate, dtype=jnp.result_type(float))
+    lr = jnp.asarray(rate, dtype=jnp.result_type(float))
     names = {"sgd": "sgd", "ng": ng_name(cfg)}
     opts = {label: make_optimizer(name, lr, cfg, one.target.size) for label, name in names.items()}
     state = {label: (params, opts[label].init(params)) for label in names}
     times: dict[str, list[float]] = {label: [] for label in names}
+    counts: dict[str, list[int]] = {label: [] for label in names}
     running = set(names)
     for _ in range(cfg.steps + 1):
         for label in [x for x in names if x in running]:
             p, s = state[label]
+            if solver_steps:
+                counts[label].append(int(_solver_steps(p, static, problem)))
             t = time.perf_counter()
             p_new, s_new, loss = _timed_step(canonical(cfg), names[label], lr, p, s, static,
                                              problem, one.target)
@@ -349,7 +362,16 @@ def time_steps(cfg: StudentTeacherConfig, batch: Setup, seed_index: int = 0):
                 running.discard(label)  # diverged (as in `train`): its steps so far are the sample
             else:
                 state[label] = (p_new, s_new)
-    return {label: t[1:] for label, t in times.items()}
+    out: dict[str, list] = {label: t[1:] for label, t in times.items()}
+    if solver_steps:
+        out.update({f"{label}_solver_steps": c[1:] for label, c in counts.items()})
+    return out
+
+
+@eqx.filter_jit
+def _solver_steps(p, static, problem):
+    # Accepted steps of the forward solve at these parameters, the largest over the trials.
+    return jnp.max(record_steps(p, static, problem)[1])
 
 
 @eqx.filter_jit

@@ -121,6 +121,17 @@ def run_group(
     ng_idx = np.arange(0, len(eval_steps), _NG_EVAL_STRIDE)
     spec = param_spec(cfg, batch.student)
     treedef = jax.tree_util.tree_structure(eqx.filter(batch.student, spec))
+
+    def _fail_all(message: str) -> list[dict]:
+        log(message)
+        records = []
+        for s in todo_seeds:
+            for lr in lrs:
+                if not done(configs[s, lr].to_dict()):
+                    records.append(_error_record(configs[s, lr].to_dict(), message))
+                    on_record(records[-1])
+        return records
+
     loaded = None
     if cache is not None and os.path.exists(cache):
         loaded = _load_training(cache, treedef)
@@ -151,21 +162,30 @@ def run_group(
                                                          eval_steps[ng_idx], todo_seeds,
                                                          losses[ng]))
             log(f"  evaluated the sNTK along training in {time.perf_counter() - t:.1f} s")
-            t = time.perf_counter()
-            timings = time_steps(cfg, batch)
-            log(f"  timed the steps in {time.perf_counter() - t:.1f} s")
+            timings = {}
             if cache is not None:
                 _save_training(cache, losses, histories, failures, pr, top, ng_pr, timings)
         except Exception as e:  # e.g. a solve that failed for one seed: every run reports it
-            message = f"training failed: {type(e).__name__}: {e}"
-            log(message)
-            records = []
-            for s in todo_seeds:
-                for lr in lrs:
-                    if not done(configs[s, lr].to_dict()):
-                        records.append(_error_record(configs[s, lr].to_dict(), message))
-                        on_record(records[-1])
-            return records
+            return _fail_all(f"training failed: {type(e).__name__}: {e}")
+    # C6: one timing per rate that has unfinished runs, from the first seed, with solver steps
+    # (protocol amendment, session 9). A cache from before it holds one timing at the default
+    # rate; the rates are timed anew.
+    if "sgd" in timings:
+        timings = {}
+    missing = [float(lr) for lr in lrs if float(lr) not in timings
+               and any(not done(configs[s, lr].to_dict()) for s in todo_seeds)]
+    if missing:
+        t = time.perf_counter()
+        for lr in missing:
+            try:
+                timings[lr] = {**time_steps(cfg, batch, learning_rate=lr, solver_steps=True),
+                               "learning_rate": lr}
+            except Exception as e:  # C6 alone is not assessable at this rate; not cached
+                timings[lr] = {"error": f"timing failed: {type(e).__name__}: {e}"}
+                log(f"  rate {lr}: {timings[lr]['error']}")
+        log(f"  timed the steps at {len(missing)} rate(s) in {time.perf_counter() - t:.1f} s")
+        if cache is not None:
+            _save_training(cache, losses, histories, failures, pr, top, ng_pr, timings)
     after_training()
     setup_time = time.perf_counter() - t0
     records = []
@@ -200,8 +220,8 @@ def run_group(
                 ngd = {"losses": losses[ng][i, j], "pr": ng_pr[i, j], "eval_idx": ng_idx,
                        "history": _seed_slice(_seed_slice(histories[ng], i), j),
                        "refresh_failures": int(failures[ng][i, j])}
-                rec = analyse_run(configs[s, lr], seed_setup, sgd, ngd, baselines, timings,
-                                  rates, landscape=landscape)
+                rec = analyse_run(configs[s, lr], seed_setup, sgd, ngd, baselines,
+                                  _timings_at(timings, lr), rates, landscape=landscape)
                 rec["optimizer_losses"] = {
                     name: C._clean(losses[name][i, j]) for name in losses}
                 record = {"config": config, **rec, "error": None}
@@ -215,14 +235,23 @@ def run_group(
     return records
 
 
+def _timings_at(timings: dict, lr: float) -> dict:
+    """The C6 timing of rate `lr` (one per rate since the session-9 amendment)."""
+    return timings[float(lr)]
+
+
 def _save_training(path, losses, histories, failures, pr, top, ng_pr, timings):
     arrays = {f"loss/{k}": v for k, v in losses.items()}
     arrays.update({f"refresh_failures/{k}": v for k, v in failures.items()})
     for name, h in histories.items():
         for i, leaf in enumerate(jax.tree_util.tree_leaves(h)):
             arrays[f"history/{name}/{i}"] = np.asarray(leaf)
-    arrays.update(pr=pr, top=top, ng_pr=ng_pr, time_sgd=np.asarray(timings["sgd"]),
-                  time_ng=np.asarray(timings["ng"]), stamp=np.asarray(_cache_stamp()))
+    arrays.update(pr=pr, top=top, ng_pr=ng_pr, stamp=np.asarray(_cache_stamp()))
+    timed = sorted(lr for lr, t in timings.items() if "error" not in t)
+    arrays["time_rates"] = np.asarray(timed, dtype=float)
+    for j, lr in enumerate(timed):
+        for key in ("sgd", "ng", "sgd_solver_steps", "ng_solver_steps"):
+            arrays[f"time/{j}/{key}"] = np.asarray(timings[lr][key])
     tmp = path + ".tmp.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
@@ -244,7 +273,13 @@ def _load_training(path, treedef):
             leaves = [jax.numpy.asarray(z[f"history/{name}/{i}"])
                       for i in range(treedef.num_leaves)]
             histories[name] = jax.tree_util.tree_unflatten(treedef, leaves)
-        timings = {"sgd": z["time_sgd"].tolist(), "ng": z["time_ng"].tolist()}
+        if "time_rates" in z.files:
+            timings = {float(lr): {"learning_rate": float(lr), **{
+                key: z[f"time/{j}/{key}"].tolist()
+                for key in ("sgd", "ng", "sgd_solver_steps", "ng_solver_steps")}}
+                for j, lr in enumerate(z["time_rates"].tolist())}
+        else:  # written before the session-9 amendment: one timing at the default rate
+            timings = {"sgd": z["time_sgd"].tolist(), "ng": z["time_ng"].tolist()}
         return losses, histories, failures, z["pr"], z["top"], z["ng_pr"], timings
 
 
@@ -284,18 +319,21 @@ def summarise(records: Iterable[dict]) -> dict:
 
 
 def _c6_timings(records: list[dict]) -> dict:
-    """C6 is timed once per `run_group` call and copied into each of its runs, so its pass
-    "rate" over runs is not a rate over independent measurements. This counts the distinct
-    timings (by their mean step times) and how many of them pass."""
+    """C6 is timed once per `run_group` call (and, since the session-9 amendment, per rate) and
+    copied into each of its runs, so its pass "rate" over runs is not a rate over independent
+    measurements. This counts the distinct timings (by their mean step times) and how many of
+    them pass; `per_solver_step` lists their per-solver-step ratios where recorded."""
     seen: dict[tuple, Any] = {}
     for r in records:
         c6 = r.get("criteria", {}).get("C6_cost", {})
         if c6.get("ng_mean") is None or c6.get("sgd_mean") is None:
             continue
-        seen[(c6["ng_mean"], c6["sgd_mean"])] = (c6.get("value"), c6.get("pass"))
-    values = [v for v, _ in seen.values()]
-    return {"count": len(seen), "passes": sum(bool(p) for _, p in seen.values()),
-            "values": sorted(float(v) for v in values if v is not None)}
+        seen[(c6["ng_mean"], c6["sgd_mean"])] = (c6.get("value"), c6.get("pass"),
+                                                 c6.get("per_solver_step_ratio"))
+    values = [v for v, _, _ in seen.values()]
+    return {"count": len(seen), "passes": sum(bool(p) for _, p, _ in seen.values()),
+            "values": sorted(float(v) for v in values if v is not None),
+            "per_solver_step": sorted(float(q) for _, _, q in seen.values() if q is not None)}
 
 
 def _summarise_tasks(records: Iterable[dict]) -> list[dict]:

@@ -228,7 +228,9 @@ def summary_markdown(summary: dict, records: list[dict]) -> str:
             "pass count is over runs, not over independent timings. Distinct timings per group "
             "(NG mean step / SGD mean step): "
             + "; ".join(f"#{i}: {t['passes']} of {t['count']} pass "
-                        f"({', '.join(_fmt(v) for v in t['values']) or '–'})"
+                        f"({', '.join(_fmt(v) for v in t['values']) or '–'}"
+                        + (f"; per solver step {', '.join(_fmt(v) for v in t['per_solver_step'])}"
+                           if t.get("per_solver_step") else "") + ")"
                         for i, t in timings) + ".",
             "",
         ]

@@ -165,7 +165,12 @@ def _summary(r: dict) -> str:
         f"teacher parameters: {c5.get('learning_rate_stable')}; SGD spikes at the crossing: "
         f"{c5.get('sgd_spikes_at_crossing')}",
         f"- C6: mean NG step / mean SGD step {_fmt(c6.get('value'))} (median "
-        f"{_fmt(c6.get('median_ratio'))}), refresh steps included",
+        f"{_fmt(c6.get('median_ratio'))}), refresh steps included"
+        + (f", timed at lr {_fmt(c6.get('timed_rate'))}" if c6.get("timed_rate") else "")
+        + (f"; per accepted solver step {_fmt(c6.get('per_solver_step_ratio'))} (SGD median "
+           f"{_fmt(c6.get('sgd_solver_steps_median'))}, NG median "
+           f"{_fmt(c6.get('ng_solver_steps_median'))} solver steps)"
+           if c6.get("per_solver_step_ratio") is not None else ""),
     ]
     at = r.get("at_crossing") or {}
     land = at.get("landscape")
