@@ -468,12 +468,13 @@ def test_c6_timing_interleaves_the_optimizers(monkeypatch):
     assert calls[:8] == ["sgd", ng] * 4 and calls[8:] == ["sgd"] * 3
     assert len(times["sgd"]) == cfg.steps and len(times["ng"]) == 3  # the compiling call dropped
     assert all(t > 0 for t in times["sgd"] + times["ng"])
-    assert set(times) == {"sgd", "ng"}
+    assert set(times) == {"sgd", "ng", "learning_rate"}
+    assert times["learning_rate"] == cfg.learning_rate  # the configuration's rate by default
 
 
 def test_c6_timing_rate_and_solver_steps(monkeypatch):
     # The rate to time at reaches every step (not the configuration's default), and the solver
-    # steps are recorded before each step, aligned with the times.
+    # steps are counted at the parameters each step starts from, aligned with the times.
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -481,32 +482,64 @@ def test_c6_timing_rate_and_solver_steps(monkeypatch):
     from diffrax_sntk.experiments import StudentTeacherConfig, _run
 
     cfg = StudentTeacherConfig.preset("quick", steps=3)
-    rates, counted = [], []
+    rates = []
 
     def step(cfg_, name, lr, p, s, static, problem, target):
-        rates.append(float(lr))
-        return p, s, jnp.asarray(1.0)
+        rates.append(float(lr))  # each step moves every parameter by +1 (SGD) or +2 (NG)
+        return jax.tree_util.tree_map(lambda x: x + (1 if name == "sgd" else 2), p), s, \
+            jnp.asarray(1.0)
 
-    def solver_steps(p, static, problem):
-        counted.append(1)
-        return jnp.asarray(100 + len(counted))
-
-    monkeypatch.setattr(_run, "_timed_step", step)
-    monkeypatch.setattr(_run, "_solver_steps", solver_steps)
     student = _run._template(cfg)
     batch = _run.Setup(student, student, jnp.zeros((cfg.trials, cfg.hidden)),
                        jnp.zeros((cfg.trials, cfg.times, cfg.outputs)))
     batch = jax.tree_util.tree_map(lambda x: x[None] if eqx.is_array(x) else x, batch)
+    first = jax.tree_util.tree_leaves(eqx.filter(student, _run.param_spec(cfg, student)))[0]
+
+    def solver_steps(p, static, problem):  # how far the parameters have moved: 0, 1, 2, ...
+        return jnp.round(jax.tree_util.tree_leaves(p)[0].ravel()[0] - first.ravel()[0])
+
+    monkeypatch.setattr(_run, "_timed_step", step)
+    monkeypatch.setattr(_run, "_solver_steps", solver_steps)
     out = _run.time_steps(cfg, batch, learning_rate=0.3, solver_steps=True)
-    assert cfg.learning_rate != 0.3 and set(rates) == {0.3}
-    assert out["sgd_solver_steps"] == [103, 105, 107] and out["ng_solver_steps"] == [104, 106, 108]
+    assert cfg.learning_rate != 0.3 and set(rates) == {0.3} and out["learning_rate"] == 0.3
+    # Counted before steps 1, 2, 3 (step 0 compiles and is dropped): SGD has moved 1, 2, 3 units.
+    assert out["sgd_solver_steps"] == [1, 2, 3] and out["ng_solver_steps"] == [2, 4, 6]
     assert len(out["sgd"]) == len(out["sgd_solver_steps"]) == cfg.steps
     # Negative control: without `solver_steps` nothing is counted.
-    counted.clear()
-    assert set(_run.time_steps(cfg, batch, learning_rate=0.3)) == {"sgd", "ng"} and not counted
+    assert set(_run.time_steps(cfg, batch, learning_rate=0.3)) == {"sgd", "ng", "learning_rate"}
     for bad in (0.0, -0.1, float("nan")):
         with pytest.raises(ValueError, match="`learning_rate`"):
             _run.time_steps(cfg, batch, learning_rate=bad)
+
+
+def test_sweep_times_each_needed_rate(monkeypatch):
+    # run_group's timing: one `time_steps` call per rate that lacks a timing, at that rate; a
+    # pre-amendment timing (one, at the default rate) is dropped; a failed timing is kept as an
+    # error that still names its rate.
+    from diffrax_sntk.experiments import _sweep
+
+    calls = []
+
+    def fake(cfg, batch, seed_index=0, *, learning_rate=None, solver_steps=False):
+        calls.append((learning_rate, solver_steps))
+        if learning_rate == 0.5:
+            raise RuntimeError("solve failed")
+        return {"sgd": [1.0], "ng": [1.0], "sgd_solver_steps": [1], "ng_solver_steps": [1],
+                "learning_rate": learning_rate}
+
+    monkeypatch.setattr(_sweep, "time_steps", fake)
+    have = {0.1: {"sgd": [2.0], "learning_rate": 0.1}}
+    timings, timed = _sweep._time_rates(None, None, [0.1, 0.3, 0.5], have, lambda m: None)
+    assert calls == [(0.3, True), (0.5, True)] and timed
+    assert timings[0.1] is have[0.1] and timings[0.3]["learning_rate"] == 0.3
+    assert timings[0.5]["learning_rate"] == 0.5 and "solve failed" in timings[0.5]["error"]
+    calls.clear()
+    legacy = {"sgd": [1.0], "ng": [1.2]}
+    timings, _ = _sweep._time_rates(None, None, [0.1], legacy, lambda m: None)
+    assert calls == [(0.1, True)] and set(timings) == {0.1}
+    calls.clear()
+    assert _sweep._time_rates(None, None, [0.1], timings, lambda m: None)[1] is False
+    assert not calls
 
 
 def test_training_cache_keeps_timings_per_rate(tmp_path):

@@ -334,6 +334,8 @@ def analyse_run(
             timed_rate=timings.get("learning_rate"))
     except ValueError as e:  # e.g. a diverged timing run: C6 alone is not assessable
         criteria["C6_cost"] = {"value": None, "pass": None, "note": f"error: {e}"}
+        if timings.get("learning_rate") is not None:
+            criteria["C6_cost"]["timed_rate"] = float(timings["learning_rate"])
     if diverged_at is not None:
         for name in ("C1_localisation", "C2_depth", "C3_channel", "C4_normal_form"):
             criteria[name]["sgd_diverged_at"] = diverged_at

@@ -324,8 +324,9 @@ def time_steps(cfg: StudentTeacherConfig, batch: Setup, seed_index: int = 0, *,
       the trials). Each optimizer follows its own trajectory, and a step's cost follows the
       solver steps its parameters need (see "What C6 measures" in docs/fold_hopf_tasks.md).
 
-    **Returns:** `{"sgd": [...], "ng": [...]}` in seconds, the compiling first call dropped; with
-    `solver_steps`, also `"sgd_solver_steps"` and `"ng_solver_steps"`, aligned with the times.
+    **Returns:** `{"sgd": [...], "ng": [...], "learning_rate": rate}`, the times in seconds,
+    the compiling first call dropped; with `solver_steps`, also `"sgd_solver_steps"` and
+    `"ng_solver_steps"`, aligned with the times.
 
     The two optimizers' steps alternate (SGD step k, then NG step k), so both are timed under
     the same machine load. Timed as two blocks, one after the other, the ratio (C6) of one
@@ -362,9 +363,10 @@ def time_steps(cfg: StudentTeacherConfig, batch: Setup, seed_index: int = 0, *,
                 running.discard(label)  # diverged (as in `train`): its steps so far are the sample
             else:
                 state[label] = (p_new, s_new)
-    out: dict[str, list] = {label: t[1:] for label, t in times.items()}
+    out: dict = {label: t[1:] for label, t in times.items()}
     if solver_steps:
         out.update({f"{label}_solver_steps": c[1:] for label, c in counts.items()})
+    out["learning_rate"] = rate
     return out
 
 

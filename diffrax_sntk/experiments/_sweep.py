@@ -168,24 +168,15 @@ def run_group(
         except Exception as e:  # e.g. a solve that failed for one seed: every run reports it
             return _fail_all(f"training failed: {type(e).__name__}: {e}")
     # C6: one timing per rate that has unfinished runs, from the first seed, with solver steps
-    # (protocol amendment, session 9). A cache from before it holds one timing at the default
-    # rate; the rates are timed anew.
-    if "sgd" in timings:
-        timings = {}
-    missing = [float(lr) for lr in lrs if float(lr) not in timings
-               and any(not done(configs[s, lr].to_dict()) for s in todo_seeds)]
-    if missing:
-        t = time.perf_counter()
-        for lr in missing:
-            try:
-                timings[lr] = {**time_steps(cfg, batch, learning_rate=lr, solver_steps=True),
-                               "learning_rate": lr}
-            except Exception as e:  # C6 alone is not assessable at this rate; not cached
-                timings[lr] = {"error": f"timing failed: {type(e).__name__}: {e}"}
-                log(f"  rate {lr}: {timings[lr]['error']}")
-        log(f"  timed the steps at {len(missing)} rate(s) in {time.perf_counter() - t:.1f} s")
-        if cache is not None:
+    # (protocol amendment, session 9).
+    needed = [float(lr) for lr in lrs
+              if any(not done(configs[s, lr].to_dict()) for s in todo_seeds)]
+    timings, timed = _time_rates(cfg, batch, needed, timings, log)
+    if timed and cache is not None:
+        try:
             _save_training(cache, losses, histories, failures, pr, top, ng_pr, timings)
+        except OSError as e:  # the runs go on; a resume re-times these rates
+            log(f"  could not save the timings to {cache}: {e}")
     after_training()
     setup_time = time.perf_counter() - t0
     records = []
@@ -233,6 +224,28 @@ def run_group(
             records.append(record)
             on_record(record)
     return records
+
+
+def _time_rates(cfg, batch, rates, timings, log) -> tuple[dict, bool]:
+    """C6 timings (`time_steps`, solver steps recorded) of every rate in `rates` that `timings`
+    lacks. A cache from before the session-9 amendment holds one timing at the default rate
+    (keys `sgd`, `ng`): it is dropped and the rates are timed anew. A failed timing is kept as
+    `{"error", "learning_rate"}` (C6 alone is not assessable at that rate; not cached).
+    **Returns:** `(timings by rate, whether anything was timed)`."""
+    timings = {} if "sgd" in timings else dict(timings)
+    missing = [lr for lr in rates if lr not in timings]
+    if not missing:
+        return timings, False
+    t = time.perf_counter()
+    for lr in missing:
+        try:
+            timings[lr] = time_steps(cfg, batch, learning_rate=lr, solver_steps=True)
+        except Exception as e:
+            timings[lr] = {"error": f"timing failed: {type(e).__name__}: {e}",
+                           "learning_rate": lr}
+            log(f"  rate {lr}: {timings[lr]['error']}")
+    log(f"  timed the steps at {len(missing)} rate(s) in {time.perf_counter() - t:.1f} s")
+    return timings, True
 
 
 def _timings_at(timings: dict, lr: float) -> dict:

@@ -224,7 +224,8 @@ def summary_markdown(summary: dict, records: list[dict]) -> str:
                if (g.get("c6_timings") or {}).get("count")]
     if timings:
         lines += [
-            "C6 is timed once per sweep invocation and copied into each of its runs, so its "
+            "C6 is timed once per sweep invocation (and rate, since the session-9 amendment) and "
+            "copied into each of its runs, so its "
             "pass count is over runs, not over independent timings. Distinct timings per group "
             "(NG mean step / SGD mean step): "
             + "; ".join(f"#{i}: {t['passes']} of {t['count']} pass "
