@@ -37,7 +37,8 @@ class ChannelSplit(eqx.Module):
         trained (dz/dμ and dz/dω orthogonal and of equal norm). The rank also depends on the
         trials: in a CTRNN both real channel directions force the state along the same left
         vector w, so trials resting together at one state give exactly 1, and trials that
-        move by O(1) through the fold region can give 2 (measured: `docs/fold_hopf_tasks.md`, "fold-channel probe").
+        move by O(1) through the fold region can give 2 (measured: `docs/fold_hopf_tasks.md`,
+        "fold-channel probe").
         `channel_rank_tol` is on the parent `BifurcationChannels`.
     """
 

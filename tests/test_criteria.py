@@ -545,8 +545,8 @@ def test_sweep_times_each_needed_rate(monkeypatch):
 def test_training_cache_keeps_timings_per_rate(tmp_path):
     # The sweep's cache round-trips one timing per rate; a cache written before the session-9
     # amendment (one timing, at no recorded rate) reads back in its old form.
-    import jax.numpy as jnp
     import jax
+    import jax.numpy as jnp
 
     from diffrax_sntk.experiments import _sweep
 
