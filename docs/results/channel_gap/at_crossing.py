@@ -7,7 +7,8 @@ the run's own) and s_r/s_{r+1} for r = the run's `channel_rank`; and C2r, the ra
 C2 pre-registered in session 9 (docs/student_teacher_protocol.md): `value` = C2's PR ratio,
 `gap_r` = s_r/s_{r+1} at the crossing, `gap_r_far` = the median of s_r/s_{r+1} over the
 evaluations with |lam_c| >= 0.5 (`curves.top`, `curves.lam_c`); pass = value <= 0.35 and
-gap_r >= 10 and gap_r_far <= 3 (not assessable without a far evaluation or a PR reference).
+gap_r >= 10 and gap_r_far <= 3, three-valued as C2 (False if a condition fails; else not
+assessable if one cannot be decided: no far evaluation or no PR reference).
 
     python docs/results/channel_gap/at_crossing.py RUNS_JSONL CACHE_NPZ [CACHE_NPZ ...]
 
@@ -67,8 +68,12 @@ for cache in caches:
         row["C2r"] = {"value": value, "gap_r": row["s_r/s_r+1"],
                       "gap_r_far": float(np.median(gaps)) if gaps.size else None,
                       "far_evaluations": int(gaps.size)}
-        row["C2r"]["pass"] = (None if value is None or not gaps.size else bool(
-            value <= 0.35 and row["s_r/s_r+1"] >= 10 and row["C2r"]["gap_r_far"] <= 3))
+        # Three-valued, as C2: False if a decidable condition fails, else None if one is
+        # undecidable (no PR reference, no far evaluation), else True.
+        conds = [None if value is None else value <= 0.35, bool(row["s_r/s_r+1"] >= 10),
+                 None if not gaps.size else row["C2r"]["gap_r_far"] <= 3]
+        row["C2r"]["pass"] = (False if any(c is False for c in conds)
+                              else None if any(c is None for c in conds) else True)
         row["C2"] = r["criteria"]["C2_depth"].get("pass")
         rows.append(row)
         print(json.dumps(row), flush=True)
