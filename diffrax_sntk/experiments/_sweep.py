@@ -212,7 +212,7 @@ def run_group(
                        "history": _seed_slice(_seed_slice(histories[ng], i), j),
                        "refresh_failures": int(failures[ng][i, j])}
                 rec = analyse_run(configs[s, lr], seed_setup, sgd, ngd, baselines,
-                                  _timings_at(timings, lr), rates, landscape=landscape)
+                                  timings[float(lr)], rates, landscape=landscape)
                 rec["optimizer_losses"] = {
                     name: C._clean(losses[name][i, j]) for name in losses}
                 record = {"config": config, **rec, "error": None}
@@ -246,11 +246,6 @@ def _time_rates(cfg, batch, rates, timings, log) -> tuple[dict, bool]:
             log(f"  rate {lr}: {timings[lr]['error']}")
     log(f"  timed the steps at {len(missing)} rate(s) in {time.perf_counter() - t:.1f} s")
     return timings, True
-
-
-def _timings_at(timings: dict, lr: float) -> dict:
-    """The C6 timing of rate `lr` (one per rate since the session-9 amendment)."""
-    return timings[float(lr)]
 
 
 def _save_training(path, losses, histories, failures, pr, top, ng_pr, timings):

@@ -1,14 +1,16 @@
-"""Exploratory (chosen after C2 had failed for the rank-two channels, and after reading gaps.py's
-bracketing values; not a criterion): the exact sNTK spectrum at each run's first crossing, from
-the sweep's training cache, as the run's own analysis computed it (the parameters interpolated
-at the fractional crossing step, the dense Jacobian's singular values squared). It reports s1/s2
-(C2's gap, which must match the recorded `gap_at_crossing`: the check that the reconstruction is
-the run's own) and s_r/s_{r+1} for r = the run's `channel_rank`; and C2r, the rank-r variant of
-C2 pre-registered in session 9 (docs/student_teacher_protocol.md): `value` = C2's PR ratio,
-`gap_r` = s_r/s_{r+1} at the crossing, `gap_r_far` = the median of s_r/s_{r+1} over the
-evaluations with |lam_c| >= 0.5 (`curves.top`, `curves.lam_c`); pass = value <= 0.35 and
-gap_r >= 10 and gap_r_far <= 3, three-valued as C2 (False if a condition fails; else not
-assessable if one cannot be decided: no far evaluation or no PR reference).
+"""Exploratory (chosen after C2 had failed for the rank-two channels, and after reading the gaps at
+the two evaluation steps around each crossing, a first script since removed because the gap at
+the crossing can be far from both neighbours; not a criterion): the exact sNTK spectrum at each
+run's first crossing, from the sweep's training cache, as the run's own analysis computed it
+(the parameters interpolated at the fractional crossing step, the dense Jacobian's singular
+values squared). It reports s1/s2 (C2's gap, which must match the recorded `gap_at_crossing`:
+the check that the reconstruction is the run's own) and s_r/s_{r+1} for r = the run's
+`channel_rank`; and C2r, the rank-r variant of C2 pre-registered in session 9
+(docs/student_teacher_protocol.md): `value` = C2's PR ratio, `gap_r` = s_r/s_{r+1} at the
+crossing, `gap_r_far` = the median of s_r/s_{r+1} over the evaluations with |lam_c| >= 0.5
+(`curves.top`, `curves.lam_c`); pass = value <= 0.35 and gap_r >= 10 and gap_r_far <= 3, three-
+valued as C2 (False if a condition fails; else not assessable if one cannot be decided: no far
+evaluation or no PR reference).
 
     python docs/results/channel_gap/at_crossing.py RUNS_JSONL CACHE_NPZ [CACHE_NPZ ...]
 
